@@ -25,7 +25,7 @@ import sqlite3
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 __version__ = "1.0.0"
 
@@ -127,14 +127,19 @@ class MigrationFailed(MigrationError):
         self.statement = statement
         self.line = line
         self.sql = sql
-        where = [os.path.basename(path)]
-        if statement is not None:
-            where.append(f"statement {statement}")
-        if line is not None:
-            where.append(f"line {line}")
-        super().__init__(
-            f"Failed to {action} migration {name}: {reason} ({', '.join(where)})"
-        )
+        self.action = action
+        self.note: Optional[str] = None  # what happened to the rest of the run
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        where = [os.path.basename(self.path)]
+        if self.statement is not None:
+            where.append(f"statement {self.statement}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        note = f"; {self.note}" if self.note else ""
+        return (f"Failed to {self.action} migration {self.name}: {self.reason}"
+                f" ({', '.join(where)}){note}")
 
 
 class Interrupted(MigrationError):
@@ -142,8 +147,9 @@ class Interrupted(MigrationError):
 
     def __init__(self, signum: int):
         self.signum = signum
-        self.current: Optional[str] = None
-        self.applied = 0
+        self.current: Optional[str] = None  # the migration that was rolled back
+        self.applied = 0  # committed in this run before the signal
+        self.whole_run = False  # True: one transaction held the whole run
         super().__init__("interrupted")
 
     @property
@@ -152,6 +158,8 @@ class Interrupted(MigrationError):
 
     def __str__(self) -> str:
         done = f"{self.applied} migration{'s' if self.applied != 1 else ''}"
+        if self.whole_run:
+            return f"Interrupted: the whole run was rolled back; {done} applied in this run"
         if self.current:
             return f"Interrupted: {self.current} rolled back; {done} applied in this run"
         return f"Interrupted: {done} applied in this run"
@@ -491,6 +499,19 @@ def _describe_sqlite_error(exc: Exception, db_path: str) -> Optional[MigrationEr
 # The Migrator: owns the connection, knows nothing of argparse or stdout.
 
 
+# A migration's statements ready to run, each with its 1-based number in the file.
+Prepared = List[Tuple[int, Statement]]
+
+
+class ApplyResult(NamedTuple):
+    applied: List[Migration]  # in this run (with dry_run: what would be)
+    backup_path: Optional[str]
+
+
+_FOREIGN_KEYS_PRAGMA = re.compile(r"PRAGMA\s+(?:main\s*\.\s*)?foreign_keys\b", re.IGNORECASE)
+SLOW_STATEMENT_SECONDS = 2.0
+
+
 class Migrator:
     """Applies, inspects and rolls back the migrations of one folder on one
     SQLite database.
@@ -499,6 +520,10 @@ class Migrator:
     if any statement fails, its changes are rolled back, no record is written
     and the migration stays pending.  Reads (status) never write, and never
     create the database file or the tracking table.
+
+    Output goes only through the optional callbacks: ``log`` gets one line per
+    statement with its timing, ``on_slow_statement`` is called a few times a
+    second while one statement has run longer than two seconds.
     """
 
     def __init__(
@@ -507,18 +532,26 @@ class Migrator:
         migrations_dir: str = DEFAULT_MIGRATIONS_DIR,
         *,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        foreign_keys: bool = False,
         log: Optional[Callable[[str], None]] = None,
+        on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
     ):
         self.db_path = db_path
         self.migrations_dir = migrations_dir
         self.lock_timeout = lock_timeout
-        self.log = log  # receives one line per statement, with its timing
+        self.foreign_keys = foreign_keys
+        self.log = log
+        self.on_slow_statement = on_slow_statement
         self.warnings: List[str] = []
         self.table = quote_identifier(TRACKING_TABLE)
         self._conn: Optional[sqlite3.Connection] = None
         self._migrations: Optional[List[Migration]] = None
         self._stop_signal: Optional[int] = None
         self._data_version: Optional[int] = None
+        self._foreign_keys_default = 0
+        # What the progress handler reports while a statement runs long.
+        self._running: Optional[tuple] = None
+        self._next_tick = 0.0
 
     # -- connection and transactions ------------------------------------
 
@@ -533,24 +566,34 @@ class Migrator:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _connect(self, readonly: bool = False) -> Optional[sqlite3.Connection]:
-        """Open the database; None when reading one that does not exist."""
+    def _connect(self, readonly: bool = False, memory: bool = False
+                 ) -> Optional[sqlite3.Connection]:
+        """Open the database; None when reading one that does not exist.
+
+        memory opens an empty in-memory database instead (a dry run against
+        a database that does not exist yet must not create it).
+        """
         if self._conn is not None:
             return self._conn
         path = self.db_path
-        if os.path.isdir(path):
-            raise DatabaseConnectError(f"{path} is a directory, not a database file")
-        if readonly and not os.path.exists(path):
-            return None
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise DatabaseConnectError(
-                f"the folder {os.path.dirname(path) or folder} of database {path} does not exist"
-            )
+        if memory:
+            target = ":memory:"
+        else:
+            if os.path.isdir(path):
+                raise DatabaseConnectError(f"{path} is a directory, not a database file")
+            if readonly and not os.path.exists(path):
+                return None
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise DatabaseConnectError(
+                    f"the folder {os.path.dirname(path) or folder} of database {path}"
+                    " does not exist"
+                )
+            target = _sqlite_uri(path, "ro" if readonly else "rwc")
         try:
             conn = sqlite3.connect(
-                _sqlite_uri(path, "ro" if readonly else "rwc"),
-                uri=True,
+                target,
+                uri=not memory,
                 isolation_level=None,  # we issue BEGIN/COMMIT/ROLLBACK ourselves
                 timeout=self.lock_timeout,
                 check_same_thread=False,
@@ -561,21 +604,26 @@ class Migrator:
             # Reading the schema surfaces "file is not a database" here, once,
             # instead of in the middle of a command.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if self.foreign_keys and not readonly:
+                conn.execute("PRAGMA foreign_keys = ON")
+            self._foreign_keys_default = conn.execute("PRAGMA foreign_keys").fetchone()[0]
         except sqlite3.Error as exc:
             conn.close()
             raise _describe_sqlite_error(exc, path) or DatabaseConnectError(
                 f"cannot read {path} ({exc})"
             ) from None
-        conn.set_progress_handler(self._should_stop, PROGRESS_STEPS)
+        conn.set_progress_handler(self._progress, PROGRESS_STEPS)
         self._conn = conn
         return conn
 
     @contextmanager
-    def transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, immediate: bool = False, commit: bool = True
+                    ) -> Iterator[sqlite3.Connection]:
         """BEGIN, yield, COMMIT; ROLLBACK on any exception (Ctrl-C too), re-raise.
 
         IMMEDIATE takes the write lock at BEGIN, waiting up to lock_timeout,
-        so what is read inside cannot change before this transaction commits.
+        so what is read inside cannot change before this transaction ends.
+        With commit=False the block is always rolled back (a dry run).
         """
         conn = self._conn
         assert conn is not None
@@ -586,7 +634,7 @@ class Migrator:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self._execute_admin("COMMIT")
+        self._execute_admin("COMMIT" if commit else "ROLLBACK")
 
     def _execute_admin(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         """Run the tool's own SQL; database-level failures become one clear error."""
@@ -606,21 +654,31 @@ class Migrator:
                 )
             raise described from None
 
-    # -- interruption ------------------------------------------------------
+    # -- interruption and progress ------------------------------------------
 
     def request_stop(self, signum: int) -> None:
         """Signal handler: roll back the current migration and stop.
 
         Raising here stops Python code at once; inside a running statement
-        the progress handler aborts it, and the loop turns that into the
-        same Interrupted error.  Later signals are ignored while that unwinds.
+        SQLite's progress handler aborts the statement instead, and the loop
+        turns that into the same Interrupted error.  Later signals are
+        ignored while the first one unwinds.
         """
         if self._stop_signal is None:
             self._stop_signal = signum
             raise Interrupted(signum)
 
-    def _should_stop(self) -> bool:
-        return self._stop_signal is not None
+    def _progress(self) -> bool:
+        """SQLite's progress handler: True aborts the running statement."""
+        if self._stop_signal is not None:
+            return True
+        if self._running is not None:
+            now = time.perf_counter()
+            if now >= self._next_tick:
+                self._next_tick = now + 0.25
+                name, number, line, started = self._running
+                self.on_slow_statement(name, number, line, now - started)  # type: ignore[misc]
+        return False
 
     # -- reading -------------------------------------------------------------
 
@@ -657,14 +715,15 @@ class Migrator:
             if row.version in applied:
                 raise TrackingTableError(
                     f"Table {TRACKING_TABLE} in {self.db_path} records version"
-                    f" {row.version} twice; nothing was changed. Delete the wrong row by hand."
+                    f" {row.version} twice; nothing was changed. Delete the wrong row"
+                    " by hand."
                 )
             applied[row.version] = row
         return applied
 
     def _refresh_applied(self) -> Optional[Dict[str, AppliedRow]]:
-        """Re-read the tracking table only if another connection has written
-        since the last read (PRAGMA data_version), inside the current lock."""
+        """Inside the write lock: the tracking rows again if another connection
+        has committed since they were last read (PRAGMA data_version), else None."""
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]  # type: ignore[union-attr]
         if version == self._data_version:
             return None
@@ -696,6 +755,56 @@ class Migrator:
         result.sort(key=lambda s: (int(s.version), s.name))
         return result
 
+    @staticmethod
+    def find(version: str, candidates):
+        """The item of candidates (each with .version and .name) that version
+        names: "0001", "1", "0001_initial_schema" or "0001_initial_schema.sql"."""
+        wanted = os.path.basename(version[:-4] if version.endswith(".sql") else version)
+        for item in candidates:
+            if wanted == item.name or wanted == item.version:
+                return item
+        if wanted.isdigit():
+            for item in candidates:
+                if int(item.version) == int(wanted):
+                    return item
+        return None
+
+    def plan(self, applied: Dict[str, AppliedRow], target: Optional[str] = None,
+             allow_out_of_order: bool = False) -> List[Migration]:
+        """The migrations to apply, in order, after the checks that must pass
+        before any of them runs: nothing applied was modified, nothing pending
+        is numbered below what is applied, the target exists."""
+        migrations = self.migrations()
+        modified = [m for m in migrations
+                    if m.version in applied and applied[m.version].checksum != m.checksum]
+        if modified:
+            raise MigrationFileError(
+                "Applied migrations were modified since they were applied:"
+                f" {', '.join(m.name for m in modified)}. Nothing was applied. Restore"
+                " each file as it was applied (git checkout -- <file>) and put the"
+                " change in a new migration; `status` lists them as modified."
+            )
+        pending = [m for m in migrations if m.version not in applied]
+        if target is not None:
+            chosen = self.find(target, migrations)
+            if chosen is None:
+                raise ConfigurationError(
+                    f"--target {target}: no migration in {self.migrations_dir} has"
+                    " that version or name"
+                )
+            pending = [m for m in pending if m.number <= chosen.number]
+        if pending and applied and not allow_out_of_order:
+            highest = max(applied.values(), key=lambda row: int(row.version))
+            early = [m for m in pending if m.number < int(highest.version)]
+            if early:
+                raise MigrationFileError(
+                    f"Migration {early[0].name} is pending but {highest.name}, which has"
+                    " a higher number, is already applied; nothing was applied. Renumber"
+                    " the new migration above it, or apply it anyway with"
+                    " --allow-out-of-order."
+                )
+        return pending
+
     # -- writing -------------------------------------------------------------
 
     def init(self) -> bool:
@@ -714,158 +823,203 @@ class Migrator:
             applied = {}
         return applied
 
-    def find(self, version: str, candidates) -> Optional[object]:
-        """The item of candidates (having .version and .name) that version
-        names: "0001", "1", "0001_initial_schema" or "0001_initial_schema.sql"."""
-        wanted = version[:-4] if version.endswith(".sql") else version
-        wanted = os.path.basename(wanted)
-        for item in candidates:
-            if wanted == item.name or wanted == item.version:
-                return item
-        if wanted.isdigit():
-            for item in candidates:
-                if int(item.version) == int(wanted):
-                    return item
-        return None
-
-    def plan(self, applied: Dict[str, AppliedRow], target: Optional[str] = None,
-             allow_out_of_order: bool = False) -> List[Migration]:
-        """The migrations to apply, in order, after the checks that must pass
-        before any of them runs."""
-        migrations = self.migrations()
-        modified = [m for m in migrations
-                    if m.version in applied and applied[m.version].checksum != m.checksum]
-        if modified:
-            names = ", ".join(m.name for m in modified)
-            raise MigrationFileError(
-                f"Applied migrations were modified since they were applied: {names}."
-                " Nothing was applied. Restore each file as it was applied"
-                " (git checkout -- <file>) and put the change in a new migration;"
-                " `status` lists them as modified."
+    def backup(self, path: Optional[str] = None) -> str:
+        """Copy the database with SQLite's online backup API; return the copy's path."""
+        if path is None:
+            stem, ext = os.path.splitext(self.db_path)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            path = f"{stem}-backup-{stamp}{ext or '.db'}"
+            serial = 1
+            while os.path.exists(path):  # two runs within one second
+                serial += 1
+                path = f"{stem}-backup-{stamp}-{serial}{ext or '.db'}"
+        if os.path.exists(path):
+            raise MigrationError(
+                f"Backup file {path} already exists; nothing was applied. Move it away"
+                " or name another with --backup PATH"
             )
-        pending = [m for m in migrations if m.version not in applied]
-        if target is not None:
-            chosen = self.find(target, migrations)
-            if chosen is None:
-                raise ConfigurationError(
-                    f"--target {target}: no migration file has that version or name"
-                    f" in {self.migrations_dir}"
-                )
-            pending = [m for m in pending if m.number <= chosen.number]  # type: ignore[attr-defined]
-        if pending and applied and not allow_out_of_order:
-            highest = max(applied.values(), key=lambda row: int(row.version))
-            early = [m for m in pending if m.number < int(highest.version)]
-            if early:
-                raise MigrationFileError(
-                    f"Migration {early[0].name} is pending but {highest.name}, which has a"
-                    " higher number, is already applied; nothing was applied. Renumber"
-                    " the new migration above it, or apply it anyway with"
-                    " --allow-out-of-order."
-                )
-        return pending
+        try:
+            copy = sqlite3.connect(path)
+            try:
+                self._conn.backup(copy)  # type: ignore[union-attr]
+            finally:
+                copy.close()
+        except (sqlite3.Error, OSError) as exc:
+            if os.path.exists(path):
+                os.remove(path)
+            raise MigrationError(
+                f"Backup of {self.db_path} to {path} failed ({exc}); nothing was applied"
+            ) from None
+        return path
 
     def apply(
         self,
         target: Optional[str] = None,
         allow_out_of_order: bool = False,
         single_transaction: bool = False,
+        dry_run: bool = False,
+        backup: bool = False,
+        backup_path: Optional[str] = None,
         on_applied: Optional[Callable[[int, int, Migration, float], None]] = None,
-    ) -> List[Migration]:
-        """Apply the pending migrations in order; return those applied.
+        on_backup: Optional[Callable[[str], None]] = None,
+    ) -> ApplyResult:
+        """Apply the pending migrations in order.
 
         Each one commits together with its tracking row.  On a failure the run
         stops: earlier migrations stay applied, the failing one leaves nothing
-        and later ones are not tried.  With single_transaction the whole run
-        is one transaction and a failure leaves the database as it was.
+        and later ones are not tried.  With single_transaction the whole run is
+        one transaction, and a failure leaves the database as it was.  A
+        dry_run does the same and always rolls back.  With backup, the database
+        is copied first (only when something is pending).
         """
         self.migrations()
-        self._connect()
+        self._connect(memory=dry_run and not os.path.exists(self.db_path))
         done: List[Migration] = []
         current: Optional[Migration] = None
+        whole_run = single_transaction or dry_run
+        copied: Optional[str] = None
+
+        def report(duration: float, total: int) -> None:
+            done.append(current)  # type: ignore[arg-type]
+            if on_applied:
+                on_applied(len(done), total, current, duration)  # type: ignore[arg-type]
+
         try:
-            if single_transaction:
-                with self.transaction(immediate=True):
+            if whole_run:
+                if backup and not dry_run:
+                    with self.transaction(immediate=True, commit=False):
+                        if self.plan(self._read_applied() or {}, target, allow_out_of_order):
+                            copied = self.backup(backup_path)
+                            if on_backup:
+                                on_backup(copied)
+                with self.transaction(immediate=True, commit=not dry_run):
                     pending = self.plan(self._ensure_tracking_table(), target,
                                         allow_out_of_order)
                     prepared = [(m, self._prepare(m)) for m in pending]
                     for current, statements in prepared:
-                        duration = self._run(current, statements)
-                        done.append(current)
-                        if on_applied:
-                            on_applied(len(done), len(prepared), current, duration)
+                        report(self._run(current, statements), len(prepared))
                     current = None
-                return done
+                return ApplyResult(done, copied)
 
             with self.transaction(immediate=True):
-                applied = self._ensure_tracking_table()
-                pending = self.plan(applied, target, allow_out_of_order)
+                pending = self.plan(self._ensure_tracking_table(), target,
+                                    allow_out_of_order)
                 self._data_version = self._conn.execute(  # type: ignore[union-attr]
                     "PRAGMA data_version").fetchone()[0]
             # Check every pending file before running any: a bad file
             # further down must not leave the run half done.
             prepared = [(m, self._prepare(m)) for m in pending]
+            if prepared and backup:
+                copied = self.backup(backup_path)
+                if on_backup:
+                    on_backup(copied)
             for current, statements in prepared:
-                with self.transaction(immediate=True):
-                    changed = self._refresh_applied()
-                    if changed is not None:
-                        # Another process migrated meanwhile: follow what it did.
-                        if current.version in changed:
-                            continue
-                        self.plan(changed, target, allow_out_of_order)
-                    duration = self._run(current, statements)
-                done.append(current)
+                duration = self._apply_one(current, statements, target, allow_out_of_order)
+                if duration is not None:
+                    report(duration, len(prepared))
                 current = None
-                if on_applied:
-                    on_applied(len(done), len(prepared), done[-1], duration)
-            return done
+            return ApplyResult(done, copied)
         except Interrupted as exc:
             exc.current = current.name if current else None
-            exc.applied = 0 if single_transaction else len(done)
+            exc.applied = 0 if whole_run else len(done)
+            exc.whole_run = whole_run
+            raise
+        except MigrationFailed as exc:
+            if whole_run:
+                exc.note = (
+                    "dry run: nothing was changed" if dry_run else
+                    "rolled back the whole run (--single-transaction): nothing was applied"
+                )
             raise
 
-    def _prepare(self, migration: Migration) -> List[Statement]:
+    def _apply_one(self, migration: Migration, statements: Prepared,
+                   target: Optional[str], allow_out_of_order: bool) -> Optional[float]:
+        """One migration in its own transaction; None if another process
+        applied it meanwhile."""
+        # PRAGMA foreign_keys is a no-op inside a transaction, so a file that
+        # starts with it (the table-rebuild recipe) gets it before BEGIN, as
+        # SQLite documents.  D1 ignores it; so does --foreign-keys.
+        hoisted = 0
+        if not self.foreign_keys:
+            while (hoisted < len(statements) and statements[hoisted][1].keyword == "PRAGMA"
+                   and _FOREIGN_KEYS_PRAGMA.match(statements[hoisted][1].sql)):
+                hoisted += 1
+        try:
+            if hoisted:
+                self._execute_statements(migration, statements[:hoisted])
+            with self.transaction(immediate=True):
+                changed = self._refresh_applied()
+                if changed is not None:
+                    # Another process migrated meanwhile: follow what it did.
+                    if migration.version in changed:
+                        return None
+                    self.plan(changed, target, allow_out_of_order)
+                return self._run(migration, statements, skip=hoisted)
+        finally:
+            if hoisted:
+                self._conn.execute(  # type: ignore[union-attr]
+                    f"PRAGMA foreign_keys = {self._foreign_keys_default}")
+
+    def _prepare(self, migration: Migration) -> Prepared:
         """Split a file and refuse transaction control inside it.
 
         A file wrapped whole in BEGIN ... COMMIT keeps its meaning: the two
         are dropped and the rest runs in the tool's own transaction.
         """
         statements = migration.statements()
+        numbered = list(enumerate(statements, 1))
         if (len(statements) >= 2 and statements[0].keyword == "BEGIN"
                 and statements[-1].keyword in ("COMMIT", "END")):
-            statements = statements[1:-1]
-        for number, statement in enumerate(statements, 1):
+            numbered = numbered[1:-1]
+        for number, statement in numbered:
             if statement.keyword in TRANSACTION_KEYWORDS:
                 raise MigrationFailed(
                     migration.name, migration.path,
                     f"{statement.keyword} is not allowed inside a migration: each file"
                     " already runs in its own transaction (a BEGIN ... COMMIT around the"
-                    " whole file is accepted); nothing of it was run",
+                    " whole file is accepted); nothing was applied",
                     number, statement.line, statement.sql,
                 )
-        return statements
+        return numbered
 
-    def _run(self, migration: Migration, statements: List[Statement]) -> float:
+    def _execute_statements(self, migration: Migration, statements: Prepared,
+                            action: str = "apply") -> None:
+        execute = self._conn.execute  # type: ignore[union-attr]
+        instrumented = self.log is not None or self.on_slow_statement is not None
+        number, statement = 0, None
+        try:
+            if not instrumented:
+                for number, statement in statements:
+                    execute(statement.sql)
+                return
+            for number, statement in statements:
+                started = time.perf_counter()
+                if self.on_slow_statement is not None:
+                    self._running = (migration.name, number, statement.line, started)
+                    self._next_tick = started + SLOW_STATEMENT_SECONDS
+                execute(statement.sql)
+                self._running = None
+                if self.log is not None:
+                    self.log(_describe_statement(migration.name, number, statement,
+                                                 time.perf_counter() - started))
+        except (sqlite3.Error, sqlite3.Warning, ValueError) as exc:
+            self._running = None
+            if self._stop_signal is not None:
+                raise Interrupted(self._stop_signal) from None
+            described = _describe_sqlite_error(exc, self.db_path)
+            reason = str(described) if isinstance(described, DatabaseWriteError) else str(exc)
+            raise MigrationFailed(
+                migration.name, migration.path, reason, number,
+                statement.line, statement.sql, action=action,  # type: ignore[union-attr]
+            ) from exc
+
+    def _run(self, migration: Migration, statements: Prepared, skip: int = 0) -> float:
         """Execute a migration's statements and write its tracking row inside
         the caller's transaction.  Returns the duration in milliseconds."""
-        execute = self._conn.execute  # type: ignore[union-attr]
-        log = self.log
         started = time.perf_counter()
-        for number, statement in enumerate(statements, 1):
-            try:
-                if log is None:
-                    execute(statement.sql)
-                else:
-                    before = time.perf_counter()
-                    execute(statement.sql)
-                    log(_describe_statement(migration.name, number, statement,
-                                            time.perf_counter() - before))
-            except (sqlite3.Error, sqlite3.Warning, ValueError) as exc:
-                if self._stop_signal is not None:
-                    raise Interrupted(self._stop_signal) from None
-                described = _describe_sqlite_error(exc, self.db_path)
-                reason = str(described) if isinstance(described, DatabaseWriteError) else str(exc)
-                raise MigrationFailed(migration.name, migration.path, reason,
-                                      number, statement.line, statement.sql) from exc
+        self._execute_statements(migration, statements[skip:] if skip else statements)
+        if self.foreign_keys:
+            self._check_foreign_keys(migration)
         duration_ms = (time.perf_counter() - started) * 1000.0
         self._execute_admin(
             SQL_INSERT_APPLIED.format(table=self.table),
@@ -874,28 +1028,37 @@ class Migrator:
         )
         return duration_ms
 
+    def _check_foreign_keys(self, migration: Migration) -> None:
+        broken = self._conn.execute("PRAGMA foreign_key_check").fetchall()  # type: ignore[union-attr]
+        if broken:
+            shown = ", ".join(f"{table} rowid {rowid} -> {parent}"
+                              for table, rowid, parent, _ in broken[:5])
+            more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+            raise MigrationFailed(
+                migration.name, migration.path,
+                f"it leaves rows whose foreign keys point nowhere: {shown}{more}"
+                " (PRAGMA foreign_key_check; D1 enforces foreign keys)",
+            )
+
     def rollback(self, version: Optional[str] = None, force: bool = False) -> RollbackResult:
         """Undo one applied migration: run its down script, if there is one,
         and delete its tracking row, in one transaction."""
-        if self._connect(readonly=True) is None:
+        if not os.path.exists(self.db_path):
             raise MigrationError(
-                f"Migration {version} not found in applied migrations"
-                if version else f"Nothing to roll back: database {self.db_path} does not exist"
+                f"Migration {version} not found in applied migrations" if version else
+                f"Nothing to roll back: database {self.db_path} does not exist"
             )
-        self.close()
         self._connect()
         with self.transaction(immediate=True):
-            applied = self._read_applied() or {}
-            rows = sorted(applied.values(), key=lambda r: int(r.version))
+            rows = sorted((self._read_applied() or {}).values(), key=lambda r: int(r.version))
             if version is None:
                 if not rows:
                     raise MigrationError("Nothing to roll back: no migrations have been applied")
                 row = rows[-1]
             else:
-                found = self.find(version, rows)
-                if found is None:
+                row = self.find(version, rows)
+                if row is None:
                     raise MigrationError(f"Migration {version} not found in applied migrations")
-                row = found  # type: ignore[assignment]
             later = [r.name for r in rows if int(r.version) > int(row.version)]
             if later and not force:
                 raise MigrationError(
@@ -903,37 +1066,30 @@ class Migrator:
                     f" ({', '.join(later)}). Roll those back first, or pass --force"
                     " to roll back only this one."
                 )
-            down_path = os.path.join(self.migrations_dir, DOWN_DIR, row.name + ".sql")
-            statements: List[Statement] = []
-            if os.path.isfile(down_path):
-                down = Migration(row.version, row.name, down_path)
+            down_path: Optional[str] = os.path.join(self.migrations_dir, DOWN_DIR,
+                                                    row.name + ".sql")
+            statements: Prepared = []
+            if os.path.isfile(down_path):  # type: ignore[arg-type]
+                down = Migration(row.version, row.name, down_path)  # type: ignore[arg-type]
                 try:
                     statements = self._prepare(down)
                 except MigrationFailed as exc:
-                    raise MigrationFailed(row.name, down_path, exc.reason, exc.statement,
+                    raise MigrationFailed(row.name, exc.path, exc.reason, exc.statement,
                                           exc.line, exc.sql, action="roll back") from None
-                self._run_down(row, down_path, statements)
+                self._execute_statements(down, statements, action="roll back")
+                if self.foreign_keys:
+                    self._check_foreign_keys(down)
             else:
-                down_path = None  # type: ignore[assignment]
+                down_path = None
             self._execute_admin(SQL_DELETE_APPLIED.format(table=self.table), (row.version,))
         return RollbackResult(row, down_path, len(statements))
 
-    def _run_down(self, row: AppliedRow, path: str, statements: List[Statement]) -> None:
-        for number, statement in enumerate(statements, 1):
-            try:
-                self._conn.execute(statement.sql)  # type: ignore[union-attr]
-            except (sqlite3.Error, sqlite3.Warning, ValueError) as exc:
-                if self._stop_signal is not None:
-                    raise Interrupted(self._stop_signal) from None
-                raise MigrationFailed(row.name, path, str(exc), number, statement.line,
-                                      statement.sql, action="roll back") from exc
-
 
 def _describe_statement(name: str, number: int, statement: Statement, seconds: float) -> str:
-    first_line = " ".join(statement.sql.split())
-    if len(first_line) > 80:
-        first_line = first_line[:77] + "..."
-    return f"{name} statement {number} (line {statement.line}): {format_ms(seconds * 1000)}  {first_line}"
+    text = " ".join(statement.sql.split())
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{name} statement {number} (line {statement.line}): {format_ms(seconds * 1000)}  {text}"
 
 
 def format_ms(ms: float) -> str:
@@ -943,7 +1099,17 @@ def format_ms(ms: float) -> str:
 
 
 # --------------------------------------------------------------------------
-# The command line.
+# The command line: parses, calls the Migrator, turns results and errors into
+# text, JSON and exit codes.
+
+STATE_MARKS = {"applied": "[X]", "pending": "[ ]", "modified": "[!]", "missing": "[?]"}
+STATE_COLORS = {"applied": "32", "pending": "33", "modified": "31", "missing": "31"}
+NEW_FILE_HEADER = """\
+-- Migration number: {number} \u23f1\ufe0f {timestamp}
+-- {description}
+-- Environment: D1 (Cloudflare SQLite)
+
+"""
 
 
 def resolve_db_path(args: argparse.Namespace, environ=None) -> str:
@@ -962,145 +1128,388 @@ def resolve_db_path(args: argparse.Namespace, environ=None) -> str:
     return DEFAULT_DB_PATH
 
 
-def _ellipsis() -> str:
-    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
-    return "\u2026" if encoding == "utf8" else "..."
-
-
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def _make_migrator(args: argparse.Namespace) -> Migrator:
-    log = None
-    if args.verbose:
-        def log(line: str) -> None:
-            print(line, file=sys.stderr, flush=True)
-    return Migrator(resolve_db_path(args), args.migrations_dir,
-                    lock_timeout=args.lock_timeout, log=log)
+def _escape_workflow(text: str, property_value: bool = False) -> str:
+    """Escape text for a GitHub Actions workflow command."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if property_value:
+        text = text.replace(":", "%3A").replace(",", "%2C")
+    return text
 
 
-def _print_warnings(migrator: Migrator) -> None:
+def _markdown_cell(value: object) -> str:
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+class Console:
+    """Where the CLI's words go: text or JSON on stdout, errors on stderr,
+    colour only on a terminal without NO_COLOR, GitHub Actions extras."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.json = getattr(args, "json", False)
+        self.quiet = getattr(args, "quiet", False)
+        self.verbose = getattr(args, "verbose", False)
+        self.github = os.environ.get("GITHUB_ACTIONS") == "true"
+        self.summary_path = os.environ.get("GITHUB_STEP_SUMMARY") or None
+        self.partial: Dict[str, object] = {}  # what a failed command did, for JSON
+        self._ticking = False
+        self.ellipsis = "\u2026" if self._utf8(sys.stdout) else "..."
+
+    @staticmethod
+    def _utf8(stream) -> bool:
+        return (getattr(stream, "encoding", None) or "").lower().replace("-", "") == "utf8"
+
+    @staticmethod
+    def is_tty(stream) -> bool:
+        try:
+            return stream.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def paint(self, text: str, color: str, stream=None) -> str:
+        stream = stream or sys.stdout
+        if self.is_tty(stream) and not os.environ.get("NO_COLOR") \
+                and os.environ.get("TERM") != "dumb":
+            return f"\x1b[{color}m{text}\x1b[0m"
+        return text
+
+    def _end_tick(self) -> None:
+        if self._ticking:
+            sys.stdout.write("\r\x1b[K")
+            self._ticking = False
+
+    def say(self, text: str) -> None:
+        """Progress and results: stdout, unless --quiet or --json."""
+        if not self.quiet and not self.json:
+            self._end_tick()
+            print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        if not self.quiet:
+            print(f"{self.paint('Warning:', '33', sys.stderr)} {text}", file=sys.stderr)
+
+    def log(self, line: str) -> None:
+        self._end_tick()
+        print(line, file=sys.stderr, flush=True)
+
+    def tick(self, name: str, number: int, line: int, elapsed: float) -> None:
+        """A live elapsed-time line for a long statement, on a terminal only."""
+        self._ticking = True
+        sys.stdout.write(f"\r\x1b[K  {name}: statement {number} (line {line})"
+                         f" running for {elapsed:.0f} s")
+        sys.stdout.flush()
+
+    def wants_ticks(self) -> bool:
+        return not self.quiet and not self.json and self.is_tty(sys.stdout)
+
+    def emit(self, payload: Dict[str, object]) -> None:
+        import json
+        print(json.dumps(payload, indent=2, ensure_ascii=False), flush=True)
+
+    def error(self, exc: MigrationError) -> None:
+        self._end_tick()
+        if self.github:
+            self.annotate(exc)
+        text = str(exc) if isinstance(exc, Interrupted) else \
+            f"{self.paint('Error:', '31', sys.stderr)} {exc}"
+        print(text, file=sys.stderr, flush=True)
+        if self.json:
+            self.emit({**self.partial, "error": error_payload(exc)})
+
+    def annotate(self, exc: MigrationError) -> None:
+        """A workflow command that puts the error on the file and line in the
+        pull request."""
+        props = []
+        path = getattr(exc, "path", None)
+        if path:
+            workspace = os.environ.get("GITHUB_WORKSPACE") or os.getcwd()
+            try:
+                path = os.path.relpath(os.path.abspath(path), workspace)
+            except ValueError:  # another drive on Windows
+                pass
+            props.append(f"file={_escape_workflow(path.replace(os.sep, '/'), True)}")
+            if getattr(exc, "line", None):
+                props.append(f"line={exc.line}")  # type: ignore[attr-defined]
+        props.append("title=Migration failed")
+        stream = sys.stderr if self.json else sys.stdout
+        print(f"::error {','.join(props)}::{_escape_workflow(str(exc))}",
+              file=stream, flush=True)
+
+    def step_summary(self, title: str, header: List[str], rows: List[List[object]]) -> None:
+        """Append a markdown table to $GITHUB_STEP_SUMMARY, when it is set."""
+        if not self.summary_path:
+            return
+        lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
+                 "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
+        try:
+            with open(self.summary_path, "a", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n\n")
+        except OSError as exc:
+            self.warn(f"Cannot write GITHUB_STEP_SUMMARY {self.summary_path}: {exc.strerror}")
+
+
+def error_payload(exc: MigrationError) -> Dict[str, object]:
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "migration": getattr(exc, "name", None),
+        "file": getattr(exc, "path", None),
+        "line": getattr(exc, "line", None),
+        "statement": getattr(exc, "statement", None),
+        "sql": getattr(exc, "sql", None),
+        "exit_code": exc.exit_code,
+    }
+
+
+def _make_migrator(args: argparse.Namespace, console: Console) -> Migrator:
+    return Migrator(
+        resolve_db_path(args),
+        args.migrations_dir,
+        lock_timeout=args.lock_timeout,
+        foreign_keys=getattr(args, "foreign_keys", False),
+        log=console.log if args.verbose else None,
+        on_slow_statement=console.tick if console.wants_ticks() else None,
+    )
+
+
+def _warn_all(console: Console, migrator: Migrator) -> None:
     for warning in migrator.warnings:
-        print(f"Warning: {warning}", file=sys.stderr)
+        console.warn(warning)
 
 
-def cmd_init(args: argparse.Namespace) -> int:
-    with _make_migrator(args) as migrator:
+def cmd_init(args: argparse.Namespace, console: Console) -> int:
+    with _make_migrator(args, console) as migrator:
         created = migrator.init()
-    if created:
-        print(f"Initialized {TRACKING_TABLE} in {migrator.db_path}")
+    if console.json:
+        console.emit({"database": migrator.db_path, "table": TRACKING_TABLE,
+                      "created": created})
+    elif created:
+        console.say(f"Initialized {TRACKING_TABLE} in {migrator.db_path}")
     else:
-        print(f"{TRACKING_TABLE} already exists in {migrator.db_path}; nothing to do")
+        console.say(f"{TRACKING_TABLE} already exists in {migrator.db_path}; nothing to do")
     return EXIT_OK
 
 
-STATE_MARKS = {"applied": "[X]", "pending": "[ ]", "modified": "[!]", "missing": "[?]"}
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    with _make_migrator(args) as migrator:
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    with _make_migrator(args, console) as migrator:
         states = migrator.status()
-        _print_warnings(migrator)
-        exists = os.path.exists(migrator.db_path)
-    print(f"Database:   {migrator.db_path}{'' if exists else ' (does not exist yet)'}")
-    print(f"Migrations: {migrator.migrations_dir}")
-    print()
-    width = max([len(s.name) for s in states] + [4])
-    for s in states:
-        detail = ""
-        if s.state == "applied":
-            detail = f"applied {s.applied_at}"
-        elif s.state == "modified":
-            detail = f"MODIFIED: applied {s.applied_at}, file changed since"
-        elif s.state == "missing":
-            detail = f"MISSING: applied {s.applied_at}, file gone"
-        else:
-            detail = "pending"
-        print(f"{STATE_MARKS[s.state]} {s.name:<{width}}  {detail}")
-    if not states:
-        print("(no migrations)")
+    _warn_all(console, migrator)
+    exists = os.path.exists(migrator.db_path)
     counts = {state: 0 for state in STATE_MARKS}
     for s in states:
         counts[s.state] += 1
-    print()
-    print(", ".join(f"{state.capitalize()}: {count}" for state, count in counts.items()))
+    if console.json:
+        console.emit({
+            "database": migrator.db_path,
+            "database_exists": exists,
+            "migrations_dir": migrator.migrations_dir,
+            "migrations": [{
+                "version": s.version, "name": s.name, "file": s.path, "state": s.state,
+                "checksum": s.checksum, "applied_at": s.applied_at,
+                "duration_ms": s.duration_ms,
+            } for s in states],
+            "summary": {**counts, "total": len(states)},
+        })
+    else:
+        console.say(f"Database:   {migrator.db_path}"
+                    f"{'' if exists else ' (does not exist yet)'}")
+        console.say(f"Migrations: {migrator.migrations_dir}")
+        console.say("")
+        width = max([len(s.name) for s in states] + [4])
+        for s in states:
+            detail = {
+                "applied": f"applied {s.applied_at}",
+                "pending": "pending",
+                "modified": f"MODIFIED: applied {s.applied_at}, file changed since",
+                "missing": f"MISSING: applied {s.applied_at}, file gone",
+            }[s.state]
+            mark = console.paint(STATE_MARKS[s.state], STATE_COLORS[s.state])
+            console.say(f"{mark} {s.name:<{width}}  {detail}")
+        if not states:
+            console.say("(no migrations)")
+        console.say("")
+        console.say(", ".join(f"{state.capitalize()}: {n}" for state, n in counts.items()))
+    console.step_summary(
+        f"Migration status of {migrator.db_path}",
+        ["Version", "Name", "State", "Applied at"],
+        [[s.version, s.name, s.state, s.applied_at] for s in states],
+    )
+    if args.exit_code and (counts["pending"] or counts["modified"] or counts["missing"]):
+        return EXIT_FAILED
     return EXIT_OK
 
 
-def cmd_apply(args: argparse.Namespace) -> int:
-    migrator = _make_migrator(args)
-    ellipsis = _ellipsis()
+def cmd_apply(args: argparse.Namespace, console: Console) -> int:
+    if args.dry_run and args.backup is not None:
+        raise ConfigurationError("--backup and --dry-run exclude each other:"
+                                 " a dry run changes nothing")
+    migrator = _make_migrator(args, console)
+    verb = "would apply" if args.dry_run else "applied"
+    applied: List[Dict[str, object]] = []
+    console.partial = {"database": migrator.db_path, "migrations_dir": migrator.migrations_dir,
+                       "dry_run": args.dry_run, "single_transaction": args.single_transaction,
+                       "applied": applied}
     started = time.perf_counter()
 
     def on_applied(index: int, total: int, migration: Migration, duration_ms: float) -> None:
-        print(f"[{index}/{total}] {migration.name} {ellipsis} {format_ms(duration_ms)}",
-              flush=True)
+        applied.append({"version": migration.version, "name": migration.name,
+                        "file": migration.path, "duration_ms": round(duration_ms, 3)})
+        note = " (dry run)" if args.dry_run else ""
+        console.say(f"[{index}/{total}] {migration.name} {console.ellipsis}"
+                    f" {format_ms(duration_ms)}{note}")
+
+    def on_backup(path: str) -> None:
+        console.partial["backup"] = path
+        console.say(f"Backed up {migrator.db_path} to {path}")
 
     def on_signal(signum, frame):
         migrator.request_stop(signum)
 
+    failure: Optional[MigrationError] = None
     with migrator:
         migrations = migrator.migrations()
-        _print_warnings(migrator)
+        _warn_all(console, migrator)
         previous = {signum: signal.signal(signum, on_signal)
                     for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
-            done = migrator.apply(
+            result = migrator.apply(
                 target=args.target,
                 allow_out_of_order=args.allow_out_of_order,
                 single_transaction=args.single_transaction,
+                dry_run=args.dry_run,
+                backup=args.backup is not None,
+                backup_path=args.backup or None,
                 on_applied=on_applied,
+                on_backup=on_backup,
             )
+        except MigrationError as exc:
+            failure = exc
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    if not done:
-        print(f"Nothing to apply: {migrator.db_path} is up to date"
-              f" ({_plural(len(migrations), 'migration')} in {migrator.migrations_dir}).")
+    rows: List[List[object]] = [[a["version"], a["name"], verb, format_ms(a["duration_ms"])]
+                                for a in applied]  # type: ignore[arg-type]
+    if failure is not None:
+        if isinstance(failure, MigrationFailed) and (args.dry_run or args.single_transaction):
+            rows = [[r[0], r[1], "rolled back", r[3]] for r in rows]
+        name = getattr(failure, "name", None) or getattr(failure, "current", None) or ""
+        rows.append(["", name, "FAILED", str(failure)])
+        console.step_summary(f"Migrations on {migrator.db_path}: failed", 
+                             ["Version", "Name", "Result", "Duration"], rows)
+        raise failure
+    done = result.applied
+    console.step_summary(
+        f"Migrations on {migrator.db_path}: {_plural(len(done), 'migration')} {verb}",
+        ["Version", "Name", "Result", "Duration"], rows)
+    if console.json:
+        console.emit({**console.partial, "error": None})
+    elif not done:
+        console.say(f"Nothing to apply: {migrator.db_path} is up to date"
+                    f" ({_plural(len(migrations), 'migration')} in {migrator.migrations_dir}).")
+    elif args.dry_run:
+        console.say(f"Dry run: {_plural(len(done), 'migration')} would apply cleanly to"
+                    f" {migrator.db_path}; nothing was changed.")
     else:
         mode = " in one transaction" if args.single_transaction else ""
         total_ms = (time.perf_counter() - started) * 1000
-        print(f"Applied {_plural(len(done), 'migration')}{mode} to {migrator.db_path}"
-              f" in {format_ms(total_ms)}.")
+        console.say(f"Applied {_plural(len(done), 'migration')}{mode} to {migrator.db_path}"
+                    f" in {format_ms(total_ms)}.")
     return EXIT_OK
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    with _make_migrator(args) as migrator:
+def cmd_rollback(args: argparse.Namespace, console: Console) -> int:
+    with _make_migrator(args, console) as migrator:
         result = migrator.rollback(args.version, force=args.force)
     name = result.row.name
-    if result.down_path:
-        print(f"Rolled back {name}: ran {result.down_path}"
-              f" ({_plural(result.statements, 'statement')}) and removed its record.")
+    if console.json:
+        console.emit({
+            "database": migrator.db_path,
+            "rolled_back": {"version": result.row.version, "name": name},
+            "down_script": result.down_path,
+            "statements": result.statements,
+            "schema_changed": result.down_path is not None,
+        })
+    elif result.down_path:
+        console.say(f"Rolled back {name}: ran {result.down_path}"
+                    f" ({_plural(result.statements, 'statement')}) and removed its record.")
     else:
-        print(f"Rolled back {name}: removed its record only. There is no down script at"
-              f" {os.path.join(args.migrations_dir, DOWN_DIR, name + '.sql')}, so the"
-              " schema was NOT changed.")
+        console.say(f"Rolled back {name}: removed its record only. There is no down script"
+                    f" at {os.path.join(args.migrations_dir, DOWN_DIR, name + '.sql')},"
+                    " so the schema was NOT changed.")
+    return EXIT_OK
+
+
+def slugify(description: str) -> str:
+    """"Add user indexes!" -> "add_user_indexes"."""
+    return re.sub(r"[\W_]+", "_", description.lower()).strip("_")
+
+
+def cmd_new(args: argparse.Namespace, console: Console) -> int:
+    description = " ".join(args.description).strip()
+    slug = slugify(description)
+    if not slug:
+        raise ConfigurationError(
+            f"new: the description {description!r} has no letters or digits to name the file"
+        )
+    folder = args.migrations_dir
+    if os.path.isdir(folder):
+        migrations, _ = discover(folder)
+        # Numbers of misnamed or duplicate files count too: never reuse one.
+        numbers = [m.number for m in migrations] + [
+            int(match.group(1)) for match in
+            (re.match(r"(\d+)_", name) for name in os.listdir(folder)) if match]
+    else:
+        os.makedirs(folder)
+        numbers = []
+    number = f"{max(numbers, default=0) + 1:04d}"
+    path = os.path.join(folder, f"{number}_{slug}.sql")
+    header = NEW_FILE_HEADER.format(number=number, timestamp=utc_now(),
+                                    description=" ".join(description.split()))
+    try:
+        with open(path, "x", encoding="utf-8", newline="\n") as handle:
+            handle.write(header)
+    except FileExistsError:
+        raise MigrationFileError(f"{path} already exists; not overwriting it") from None
+    if console.json:
+        console.emit({"file": path, "version": number, "name": f"{number}_{slug}"})
+    elif console.quiet:
+        pass
+    else:
+        print(path)
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true",
+                        help="print one JSON object on stdout and nothing else there")
+    output.add_argument("--quiet", "-q", action="store_true", help="print errors only")
+    output.add_argument("--verbose", "-v", action="store_true",
+                        help="log each statement with its timing to stderr;"
+                             " show tracebacks")
+    folder = argparse.ArgumentParser(add_help=False)
+    folder.add_argument("--migrations-dir", metavar="DIR", default=DEFAULT_MIGRATIONS_DIR,
+                        help="folder of NNNN_description.sql files (default: ./migrations)")
+    common = argparse.ArgumentParser(add_help=False, parents=[output, folder])
     common.add_argument("--env", choices=("dev", "production"), default="dev",
                         help=f"dev: ./{DEFAULT_DB_PATH}; production: the path in"
                              f" ${DB_PATH_VARIABLE} (default: dev)")
     common.add_argument("--db-path", metavar="PATH",
                         help="database file; overrides --env")
-    common.add_argument("--migrations-dir", metavar="DIR", default=DEFAULT_MIGRATIONS_DIR,
-                        help="folder of NNNN_description.sql files (default: ./migrations)")
     common.add_argument("--lock-timeout", metavar="SECONDS", type=float,
                         default=DEFAULT_LOCK_TIMEOUT,
                         help="how long to wait for another process's write lock"
                              " (default: 60)")
-    common.add_argument("--verbose", "-v", action="store_true",
-                        help="log each statement with its timing to stderr;"
-                             " show tracebacks")
 
     parser = argparse.ArgumentParser(
         prog="apply_migrations.py",
         description="Schema migrations for SQLite and Cloudflare D1.",
-        epilog="See MIGRATION_SYSTEM.md for the manual.",
+        epilog="Exit codes: 0 success, 1 a migration or check failed, 2 usage or"
+               " configuration error, 130 interrupted. See MIGRATION_SYSTEM.md.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -1112,6 +1521,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", parents=[common],
                                  help="show applied, pending, modified and missing migrations")
+    status.add_argument("--exit-code", action="store_true",
+                        help="exit 1 when anything is pending, modified or missing")
     status.set_defaults(handler=cmd_status)
 
     apply = commands.add_parser("apply", parents=[common],
@@ -1122,6 +1533,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="apply pending migrations numbered below the highest applied one")
     apply.add_argument("--single-transaction", action="store_true",
                        help="apply all pending migrations in one transaction: all or nothing")
+    apply.add_argument("--dry-run", action="store_true",
+                       help="run the pending migrations in a transaction that is rolled back")
+    apply.add_argument("--backup", metavar="PATH", nargs="?", const="",
+                       help="copy the database first (default: beside it, with a UTC"
+                            " timestamp in the name)")
+    apply.add_argument("--foreign-keys", action="store_true",
+                       help="enforce foreign keys as D1 does and check them after each migration")
     apply.set_defaults(handler=cmd_apply)
 
     rollback = commands.add_parser("rollback", parents=[common],
@@ -1130,7 +1548,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="0001, 0001_initial_schema or 0001_initial_schema.sql")
     rollback.add_argument("--force", action="store_true",
                           help="roll back even though later migrations are applied")
+    rollback.add_argument("--foreign-keys", action="store_true",
+                          help="enforce foreign keys as D1 does while rolling back")
     rollback.set_defaults(handler=cmd_rollback)
+
+    new = commands.add_parser("new", parents=[output, folder],
+                              help="create the next NNNN_description.sql")
+    new.add_argument("description", nargs="+", help='e.g. "Add user indexes"')
+    new.set_defaults(handler=cmd_new)
     return parser
 
 
@@ -1146,25 +1571,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    console = Console(args)
     try:
-        return args.handler(args)
+        try:
+            return args.handler(args, console)
+        except sqlite3.Error as exc:
+            raise MigrationError(
+                f"SQLite error: {exc} (rerun with --verbose for a traceback)") from exc
     except MigrationError as exc:
-        if args.verbose:
+        if console.verbose:
             import traceback
             traceback.print_exc()
-        print(str(exc) if isinstance(exc, Interrupted) else f"Error: {exc}",
-              file=sys.stderr)
+        console.error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("Interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except sqlite3.Error as exc:
-        if args.verbose:
-            import traceback
-            traceback.print_exc()
-        print(f"Error: SQLite error: {exc} (rerun with --verbose for details)",
-              file=sys.stderr)
-        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""Shared fixtures for the apply_migrations.py tests.
+
+Every test works on real SQLite files in a temporary folder.
+
+Set APPLY_MIGRATIONS_UNDER_TEST=/path/to/apply_migrations.py to run the whole
+suite (in-process and subprocess tests alike) against another copy of the
+tool, e.g. a deliberately broken one.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOOL_PATH = Path(
+    os.environ.get("APPLY_MIGRATIONS_UNDER_TEST", str(REPO_ROOT / "apply_migrations.py"))
+).resolve()
+BUNDLED_MIGRATIONS = REPO_ROOT / "migrations"
+
+if str(TOOL_PATH.parent) not in sys.path:
+    sys.path.insert(0, str(TOOL_PATH.parent))
+
+import apply_migrations  # noqa: E402  (needs the sys.path entry above)
+
+CliResult = Tuple[int, str, str]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """An empty project folder holding an empty migrations/ folder."""
+    root = tmp_path / "project"
+    (root / "migrations").mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def write_migration(project: Path) -> Callable[..., Path]:
+    """write_migration(filename, content, folder="migrations") -> Path.
+
+    content may be bytes (written as is) or text (UTF-8, line endings kept
+    exactly as given: no newline translation).  folder is relative to the
+    project and is created when missing ("migrations/down" for down scripts).
+    """
+
+    def write(filename: str, content: Union[str, bytes], folder: str = "migrations") -> Path:
+        directory = project / folder
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / filename
+        data = content if isinstance(content, bytes) else content.encode("utf-8")
+        path.write_bytes(data)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def run_cli(project: Path, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture) -> Callable[..., CliResult]:
+    """run_cli(argv, cwd=project) -> (exit code, stdout, stderr), in-process.
+
+    D1_DATABASE_PATH is removed from the environment for the test; a test
+    that needs it sets it with monkeypatch after requesting this fixture.
+    """
+    monkeypatch.delenv("D1_DATABASE_PATH", raising=False)
+
+    def run(argv: Sequence[str], cwd: Optional[Union[str, Path]] = None) -> CliResult:
+        monkeypatch.chdir(str(cwd if cwd is not None else project))
+        capsys.readouterr()  # drop anything printed before
+        code = apply_migrations.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def run_subprocess(project: Path) -> Callable[..., CliResult]:
+    """run_subprocess(argv, cwd=project, env=None) -> (exit code, stdout, stderr).
+
+    Runs ``python apply_migrations.py *argv`` as a real process.  env, when
+    given, is added to a copy of os.environ; a value of None removes that
+    variable.  D1_DATABASE_PATH is removed unless env sets it.
+    """
+
+    def run(argv: Sequence[str], cwd: Optional[Union[str, Path]] = None,
+            env: Optional[dict] = None) -> CliResult:
+        environ = dict(os.environ)
+        environ.pop("D1_DATABASE_PATH", None)
+        environ["PYTHONIOENCODING"] = "utf-8"
+        for key, value in (env or {}).items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value
+        proc = subprocess.run(
+            [sys.executable, str(TOOL_PATH)] + [str(a) for a in argv],
+            cwd=str(cwd if cwd is not None else project),
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+        return (proc.returncode, proc.stdout.decode("utf-8", "replace"),
+                proc.stderr.decode("utf-8", "replace"))
+
+    return run
