@@ -1,0 +1,40 @@
+# Make targets for apply_migrations.py.  Variables pass through:
+#   make migrate ENV=production            (reads D1_DATABASE_PATH)
+#   make status DB=/tmp/other.db
+#   make new NAME=add_user_indexes
+#   make rollback VERSION=0002
+PYTHON ?= python3
+ENV ?= dev
+DB ?=
+MIGRATIONS_DIR ?= migrations
+NAME ?=
+VERSION ?=
+
+TOOL = $(PYTHON) apply_migrations.py
+TARGET_ARGS = --env $(ENV) $(if $(DB),--db-path "$(DB)") --migrations-dir "$(MIGRATIONS_DIR)"
+
+.PHONY: help migrate status new rollback test bench
+
+help: ## list the targets
+	@echo "Targets (variables: ENV=$(ENV) DB=$(DB) MIGRATIONS_DIR=$(MIGRATIONS_DIR) PYTHON=$(PYTHON)):"
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## (.*)/  make \1\t\2/'
+
+migrate: ## apply the pending migrations
+	$(TOOL) apply $(TARGET_ARGS)
+
+status: ## show applied, pending, modified and missing migrations
+	$(TOOL) status $(TARGET_ARGS)
+
+new: ## create the next migration file: make new NAME=add_user_indexes
+	@if [ -z "$(NAME)" ]; then echo "usage: make new NAME=add_user_indexes" >&2; exit 2; fi
+	$(TOOL) new "$(NAME)" --migrations-dir "$(MIGRATIONS_DIR)"
+
+rollback: ## roll back VERSION (default: the latest applied): make rollback VERSION=0002
+	$(TOOL) rollback $(TARGET_ARGS) $(if $(VERSION),--version "$(VERSION)")
+
+test: ## install the test tools and run the tests
+	$(PYTHON) -m pip install -r requirements-dev.txt
+	$(PYTHON) -m pytest
+
+bench: ## run the benchmark against bare SQLite
+	$(PYTHON) bench/bench.py
