@@ -175,6 +175,10 @@ class SQLSplitError(ValueError):
         super().__init__(f"{reason} (line {line})")
 
 
+class InvalidUTF8(SQLSplitError):
+    """The file's bytes are not UTF-8."""
+
+
 # --------------------------------------------------------------------------
 # Small data types.
 
@@ -342,17 +346,20 @@ def file_checksum(data: bytes) -> str:
     return hashlib.sha256(data.replace(b"\r\n", b"\n")).hexdigest()
 
 
-def decode_sql(data: bytes, path: str) -> str:
-    """Decode a migration file as UTF-8, skipping a BOM; line endings stay."""
+def decode_sql(data: bytes) -> str:
+    """Decode a migration file as UTF-8, skipping a BOM; line endings stay.
+
+    Raises InvalidUTF8 with the byte offset (in the file) of the first bad byte.
+    """
     skip = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     try:
         return data[skip:].decode("utf-8") if skip else data.decode("utf-8")
     except UnicodeDecodeError as exc:
         offset = skip + exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise MigrationFileError(
-            f"{path} is not valid UTF-8: byte 0x{data[offset]:02x} at byte offset"
-            f" {offset} (line {line}); save it as UTF-8. Nothing was applied."
+        raise InvalidUTF8(
+            f"not valid UTF-8: byte 0x{data[offset]:02x} at byte offset {offset};"
+            " save the file as UTF-8",
+            offset, data.count(b"\n", 0, offset) + 1,
         ) from None
 
 
@@ -395,9 +402,8 @@ class Migration:
 
     def statements(self) -> List[Statement]:
         """The file's statements, or MigrationFailed naming the file and line."""
-        text = decode_sql(self.data, self.path)
         try:
-            return split_sql(text)
+            return split_sql(decode_sql(self.data))
         except SQLSplitError as exc:
             raise MigrationFailed(self.name, self.path, exc.reason, line=exc.line) from None
 
@@ -493,6 +499,133 @@ def _describe_sqlite_error(exc: Exception, db_path: str) -> Optional[MigrationEr
     if "unable to open" in lowered:
         return DatabaseConnectError(f"cannot open {db_path} ({message})")
     return None
+
+
+# --------------------------------------------------------------------------
+# What Cloudflare D1 rejects or treats differently, found before deploy.
+
+D1_MAX_STATEMENT_BYTES = 100_000
+_D1_UNAUTHORIZED_PRAGMA = re.compile(
+    r"PRAGMA\s+(?:\w+\s*\.\s*)?(journal_mode|user_version)\b", re.IGNORECASE)
+_FOREIGN_KEYS_OFF = re.compile(
+    r"PRAGMA\s+(?:\w+\s*\.\s*)?foreign_keys\s*(?:=\s*|\(\s*)"
+    r"(?:0|off|false|no|'off'|'0'|\"off\")\s*\)?\s*;?\s*\Z", re.IGNORECASE)
+_CF_RESERVED_NAME = re.compile(
+    r"(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:UNIQUE\s+)?(?:VIRTUAL\s+)?"
+    r"(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"|ALTER\s+TABLE\s+\S+\s+RENAME\s+TO\s+)"
+    r"(?:[\w\"`\[\]]+\s*\.\s*)?[\"`\[]?(_cf_\w*)", re.IGNORECASE)
+
+
+class Finding(NamedTuple):
+    """One problem `check` found: where, how bad, and what to do."""
+
+    severity: str  # "error" or "warning"
+    path: str
+    line: Optional[int]
+    code: str
+    message: str
+
+
+def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
+    """The D1 findings in one file's statements."""
+    findings: List[Finding] = []
+
+    def add(severity: str, statement: Statement, code: str, message: str) -> None:
+        findings.append(Finding(severity, path, statement.line, code, message))
+
+    wrapped = (len(statements) >= 2 and statements[0].keyword == "BEGIN"
+               and statements[-1].keyword in ("COMMIT", "END"))
+    for index, statement in enumerate(statements):
+        keyword, sql = statement.keyword, statement.sql
+        if keyword in TRANSACTION_KEYWORDS:
+            if wrapped and index in (0, len(statements) - 1):
+                add("warning", statement, "transaction-wrapper",
+                    f"{keyword} around the whole file: D1 rejects it, but this tool"
+                    " and wrangler remove such a wrapper before sending the file")
+            else:
+                add("error", statement, "transaction-statement",
+                    f"{keyword} is rejected by D1, which runs each migration in its own"
+                    " transaction; remove it")
+        elif keyword == "PRAGMA":
+            unauthorized = _D1_UNAUTHORIZED_PRAGMA.match(sql)
+            if unauthorized:
+                add("error", statement, "unauthorized-pragma",
+                    f"PRAGMA {unauthorized.group(1).lower()} is not authorized on D1;"
+                    " remove it")
+            elif _FOREIGN_KEYS_OFF.match(sql):
+                add("error", statement, "foreign-keys-off",
+                    "PRAGMA foreign_keys = OFF has no effect on D1, which always enforces"
+                    " foreign keys (a DROP TABLE of a parent can delete child rows);"
+                    " use PRAGMA defer_foreign_keys = ON instead")
+        elif keyword in ("ATTACH", "DETACH", "VACUUM"):
+            add("error", statement, "unauthorized-statement",
+                f"{keyword} is not authorized on D1; remove it")
+        size = len(sql.encode("utf-8"))
+        if size > D1_MAX_STATEMENT_BYTES:
+            add("error", statement, "statement-too-long",
+                f"the statement is {size:,} bytes; D1 refuses statements over"
+                f" {D1_MAX_STATEMENT_BYTES:,} bytes, split it (e.g. one INSERT per"
+                " batch of rows)")
+        reserved = _CF_RESERVED_NAME.match(sql) if keyword in ("CREATE", "ALTER") else None
+        if reserved:
+            add("error", statement, "reserved-name",
+                f"the name {reserved.group(1)} starts with _cf_, which D1 reserves;"
+                " rename it")
+    if statements and not is_terminated(statements[-1]):
+        add("error", statements[-1], "missing-semicolon",
+            "the last statement has no ';': wrangler appends its own INSERT to the file"
+            " and the migration fails on D1; end it with ';'")
+    return findings
+
+
+def is_terminated(statement: Statement) -> bool:
+    """Whether a statement ends with its own ';' (only the last one of a file
+    may not; a ';' inside its trailing comment does not count)."""
+    return statement.sql.endswith(";") and sqlite3.complete_statement(statement.sql)
+
+
+def check_folder(migrations_dir: str) -> "tuple[List[Migration], List[Finding]]":
+    """Every finding in a migrations folder: names, numbers, encoding, SQL
+    that D1 rejects.  Reads files only; needs no database."""
+    findings: List[Finding] = []
+    try:
+        names = sorted(os.listdir(migrations_dir))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot read migrations folder {migrations_dir}: {exc.strerror}") from None
+    migrations: List[Migration] = []
+    by_number: Dict[int, Migration] = {}
+    for name in names:
+        path = os.path.join(migrations_dir, name)
+        if not name.lower().endswith(".sql") or not os.path.isfile(path):
+            continue
+        match = MIGRATION_FILENAME.match(name)
+        if not match:
+            findings.append(Finding(
+                "error", path, None, "bad-name",
+                "the name does not match NNNN_description.sql: apply_migrations.py"
+                " ignores it, but wrangler would try to apply it; rename it"))
+            continue
+        migration = Migration(match.group(1), name[:-4], path)
+        twin = by_number.get(migration.number)
+        if twin is not None:
+            findings.append(Finding(
+                "error", path, None, "duplicate-number",
+                f"the number {migration.number} is also used by {twin.filename};"
+                " renumber one of them"))
+            continue
+        by_number[migration.number] = migration
+        migrations.append(migration)
+        try:
+            statements = split_sql(decode_sql(migration.data))
+        except SQLSplitError as exc:
+            code = "invalid-utf8" if isinstance(exc, InvalidUTF8) else "incomplete-sql"
+            findings.append(Finding("error", path, exc.line, code, exc.reason))
+            continue
+        findings.extend(check_statements(path, statements))
+    migrations.sort(key=lambda m: m.number)
+    return migrations, findings
 
 
 # --------------------------------------------------------------------------
@@ -908,7 +1041,11 @@ class Migrator:
                     "PRAGMA data_version").fetchone()[0]
             # Check every pending file before running any: a bad file
             # further down must not leave the run half done.
-            prepared = [(m, self._prepare(m)) for m in pending]
+            try:
+                prepared = [(m, self._prepare(m)) for m in pending]
+            except MigrationFailed as exc:
+                exc.note = "nothing was applied: every pending file is checked before any runs"
+                raise
             if prepared and backup:
                 copied = self.backup(backup_path)
                 if on_backup:
@@ -1443,6 +1580,48 @@ def cmd_rollback(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace, console: Console) -> int:
+    migrations, findings = check_folder(args.migrations_dir)
+    database = None
+    if args.db_path or args.env:
+        args.env = args.env or "dev"
+        migrator = _make_migrator(args, console)
+        database = migrator.db_path
+        migrator._migrations = migrations
+        with migrator:
+            for s in migrator.status():
+                if s.state == "modified":
+                    findings.append(Finding(
+                        "error", s.path or s.name, None, "modified",
+                        f"applied to {database} on {s.applied_at}, changed since; restore"
+                        " it and put the change in a new migration"))
+    findings.sort(key=lambda f: (f.path, f.line or 0))
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = len(findings) - errors
+    if console.json:
+        console.emit({
+            "migrations_dir": args.migrations_dir,
+            "database": database,
+            "findings": [f._asdict() for f in findings],
+            "summary": {"files": len(migrations), "errors": errors, "warnings": warnings},
+        })
+    for f in findings:
+        where = f"{f.path}:{f.line}" if f.line else f.path
+        color = "31" if f.severity == "error" else "33"
+        console.say(f"{where}: {console.paint(f.severity, color)}: {f.message} [{f.code}]")
+        if console.github:
+            props = [f"file={_escape_workflow(f.path, True)}"]
+            if f.line:
+                props.append(f"line={f.line}")
+            props.append(f"title=D1 check: {f.code}")
+            stream = sys.stderr if console.json else sys.stdout
+            print(f"::{f.severity} {','.join(props)}::{_escape_workflow(f.message)}",
+                  file=stream)
+    console.say(f"{_plural(len(migrations), 'migration')} checked: {_plural(errors, 'error')},"
+                f" {_plural(warnings, 'warning')}.")
+    return EXIT_FAILED if errors else EXIT_OK
+
+
 def slugify(description: str) -> str:
     """"Add user indexes!" -> "add_user_indexes"."""
     return re.sub(r"[\W_]+", "_", description.lower()).strip("_")
@@ -1551,6 +1730,17 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--foreign-keys", action="store_true",
                           help="enforce foreign keys as D1 does while rolling back")
     rollback.set_defaults(handler=cmd_rollback)
+
+    check = commands.add_parser(
+        "check", parents=[output, folder],
+        help="report what Cloudflare D1 would reject in the migrations (no database needed)")
+    check.add_argument("--db-path", metavar="PATH",
+                       help="also report applied migrations modified since, in this database")
+    check.add_argument("--env", choices=("dev", "production"), default=None,
+                       help="as --db-path, the database of this environment")
+    check.add_argument("--lock-timeout", metavar="SECONDS", type=float,
+                       default=DEFAULT_LOCK_TIMEOUT, help=argparse.SUPPRESS)
+    check.set_defaults(handler=cmd_check)
 
     new = commands.add_parser("new", parents=[output, folder],
                               help="create the next NNNN_description.sql")
