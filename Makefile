@@ -3,20 +3,23 @@
 #   make status DB=/tmp/other.db
 #   make new NAME=add_user_indexes
 #   make rollback VERSION=0002
+#   make migrate ARGS=--foreign-keys       (any further options of the command)
 PYTHON ?= python3
 ENV ?= dev
 DB ?=
 MIGRATIONS_DIR ?= migrations
 NAME ?=
 VERSION ?=
+ARGS ?=
+BENCH_ARGS ?=
 
 TOOL = $(PYTHON) apply_migrations.py
-TARGET_ARGS = --env $(ENV) $(if $(DB),--db-path "$(DB)") --migrations-dir "$(MIGRATIONS_DIR)"
+TARGET_ARGS = --env $(ENV) $(if $(DB),--db-path "$(DB)") --migrations-dir "$(MIGRATIONS_DIR)" $(ARGS)
 
 .PHONY: help migrate status new rollback test bench
 
 help: ## list the targets
-	@echo "Targets (variables: ENV=$(ENV) DB=$(DB) MIGRATIONS_DIR=$(MIGRATIONS_DIR) PYTHON=$(PYTHON)):"
+	@echo "Targets (variables: ENV=$(ENV) DB=$(DB) MIGRATIONS_DIR=$(MIGRATIONS_DIR) ARGS=$(ARGS) PYTHON=$(PYTHON)):"
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## (.*)/  make \1\t\2/'
 
 migrate: ## apply the pending migrations
@@ -37,4 +40,4 @@ test: ## install the test tools and run the tests
 	$(PYTHON) -m pytest
 
 bench: ## run the benchmark against bare SQLite
-	$(PYTHON) bench/bench.py
+	$(PYTHON) bench/bench.py $(BENCH_ARGS)

@@ -1019,12 +1019,14 @@ class Migrator:
 
         try:
             if whole_run:
-                if backup and not dry_run:
-                    with self.transaction(immediate=True, commit=False):
-                        if self.plan(self._read_applied() or {}, target, allow_out_of_order):
-                            copied = self.backup(backup_path)
-                            if on_backup:
-                                on_backup(copied)
+                # The backup API cannot copy from a connection inside a write
+                # transaction (it reports SQLITE_LOCKED for ever), so the copy
+                # comes first, when a plain read shows there is work to do.
+                if backup and self.plan(self._read_applied() or {}, target,
+                                        allow_out_of_order):
+                    copied = self.backup(backup_path)
+                    if on_backup:
+                        on_backup(copied)
                 with self.transaction(immediate=True, commit=not dry_run):
                     pending = self.plan(self._ensure_tracking_table(), target,
                                         allow_out_of_order)
