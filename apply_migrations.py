@@ -73,6 +73,23 @@ SQL_INSERT_APPLIED = (
     " VALUES (?, ?, ?, ?, ?)"
 )
 SQL_DELETE_APPLIED = "DELETE FROM {table} WHERE version = ?"
+
+# wrangler's own record (`wrangler d1 migrations apply`), kept in step with
+# --wrangler: the same DDL, so that wrangler accepts the table as its own.
+WRANGLER_TABLE = "d1_migrations"
+SQL_CREATE_WRANGLER = """\
+CREATE TABLE IF NOT EXISTS {table}(
+		id         INTEGER PRIMARY KEY AUTOINCREMENT,
+		name       TEXT UNIQUE,
+		applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL
+)"""
+SQL_SELECT_WRANGLER = "SELECT name, applied_at FROM {table}"
+SQL_INSERT_WRANGLER = "INSERT INTO {table} (name) VALUES (?)"
+SQL_DELETE_WRANGLER = "DELETE FROM {table} WHERE name = ?"
+# Where `wrangler dev` / `wrangler d1 ... --local` keep a D1 database,
+# below the config's folder (or below --persist-to instead of .wrangler/state).
+WRANGLER_STATE_DIR = os.path.join(".wrangler", "state")
+WRANGLER_D1_DIR = os.path.join("v3", "d1", "miniflare-D1DatabaseObject")
 SQL_TABLE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
 
 
@@ -502,6 +519,127 @@ def _describe_sqlite_error(exc: Exception, db_path: str) -> Optional[MigrationEr
 
 
 # --------------------------------------------------------------------------
+# wrangler's configuration: where its local D1 database and migrations are.
+
+
+class WranglerDatabase(NamedTuple):
+    name: str  # the binding or database_name it was chosen by
+    db_path: str  # the local SQLite file `wrangler ... --local` uses
+    migrations_dir: str
+    migrations_table: str
+
+
+_JSONC_NOISE = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/|,(?=\s*[}\]])', re.DOTALL)
+
+
+def _parse_jsonc(text: str) -> dict:
+    """JSON with comments and trailing commas, as wrangler.jsonc allows."""
+    import json
+    return json.loads(_JSONC_NOISE.sub(
+        lambda m: m.group(0) if m.group(0).startswith('"') else "", text))
+
+
+_TOML_KEY_VALUE = re.compile(
+    r"""\s*([A-Za-z0-9_-]+)\s*=\s*("(?:\\.|[^"\\])*"|'[^']*'|true|false|[-+0-9.]+)\s*(?:#.*)?\Z""")
+
+
+def _parse_toml_subset(text: str) -> dict:
+    """The part of wrangler.toml this tool needs, for Pythons without tomllib
+    (3.8 to 3.10): top-level keys and [[d1_databases]] tables of plain values."""
+    import json
+    root: dict = {}
+    current: Optional[dict] = root
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            header = line.split("#", 1)[0].strip()
+            if header == "[[d1_databases]]":
+                current = {}
+                root.setdefault("d1_databases", []).append(current)
+            else:
+                current = None  # a section this tool does not read
+            continue
+        if current is None:
+            continue
+        match = _TOML_KEY_VALUE.match(line)
+        if match is None:
+            if current is root and line.split("=", 1)[0].strip() != "d1_databases":
+                continue  # a top-level value this reader cannot parse, not needed
+            raise ConfigurationError(
+                f"Cannot read line {number} of the wrangler config: {raw.strip()!r};"
+                " on Python 3.8 to 3.10 write d1_databases as [[d1_databases]] tables"
+                " of plain values (Python 3.11+ reads any TOML)")
+        key, value = match.groups()
+        if value.startswith("'"):
+            current[key] = value[1:-1]
+        else:
+            current[key] = json.loads(value)
+    return root
+
+
+def read_wrangler_config(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read wrangler config {path}: {exc.strerror}") from None
+    try:
+        if path.endswith(".toml"):
+            try:
+                import tomllib  # Python 3.11+
+            except ImportError:
+                return _parse_toml_subset(text)
+            return tomllib.loads(text)
+        return _parse_jsonc(text)
+    except ValueError as exc:  # json and tomllib errors both derive from it
+        raise ConfigurationError(f"Cannot parse wrangler config {path}: {exc}") from None
+
+
+def miniflare_object_id(name: str) -> str:
+    """The Durable Object id miniflare names a local D1 database's file after
+    (its idFromName for the D1DatabaseObject namespace)."""
+    import hmac
+    key = hashlib.sha256(b"miniflare-D1DatabaseObject").digest()
+    first = hmac.new(key, name.encode("utf-8"), hashlib.sha256).digest()[:16]
+    return (first + hmac.new(key, first, hashlib.sha256).digest()[:16]).hex()
+
+
+def wrangler_database(config_path: str, database: Optional[str] = None,
+                      persist_to: Optional[str] = None) -> WranglerDatabase:
+    """Find a D1 database of a wrangler config, by binding or database_name."""
+    config = read_wrangler_config(config_path)
+    entries = [e for e in config.get("d1_databases") or [] if isinstance(e, dict)]
+    if database is not None:
+        chosen = [e for e in entries if database in (e.get("binding"), e.get("database_name"))]
+    else:
+        chosen = entries if len(entries) == 1 else []
+    names = ", ".join(str(e.get("binding") or e.get("database_name")) for e in entries)
+    if not chosen:
+        if database is None and entries:
+            raise ConfigurationError(
+                f"{config_path} has several D1 databases ({names}); choose one with --database")
+        raise ConfigurationError(
+            f"{config_path} has no D1 database {database or ''}".rstrip()
+            + (f" (it has: {names})" if names else " ([[d1_databases]] is empty)"))
+    entry = chosen[0]
+    ident = entry.get("preview_database_id") or entry.get("database_id") or entry.get("binding")
+    if not ident:
+        raise ConfigurationError(
+            f"The D1 database in {config_path} has no preview_database_id, database_id"
+            " or binding to name its local file after")
+    folder = os.path.dirname(config_path)
+    state = persist_to if persist_to else os.path.join(folder, WRANGLER_STATE_DIR)
+    return WranglerDatabase(
+        str(entry.get("binding") or entry.get("database_name")),
+        os.path.join(state, WRANGLER_D1_DIR, miniflare_object_id(str(ident)) + ".sqlite"),
+        os.path.join(folder, entry.get("migrations_dir") or DEFAULT_MIGRATIONS_DIR),
+        entry.get("migrations_table") or WRANGLER_TABLE,
+    )
+
+
+# --------------------------------------------------------------------------
 # What Cloudflare D1 rejects or treats differently, found before deploy.
 
 D1_MAX_STATEMENT_BYTES = 100_000
@@ -666,6 +804,7 @@ class Migrator:
         *,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         foreign_keys: bool = False,
+        wrangler_table: Optional[str] = None,
         log: Optional[Callable[[str], None]] = None,
         on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
     ):
@@ -676,7 +815,11 @@ class Migrator:
         self.log = log
         self.on_slow_statement = on_slow_statement
         self.warnings: List[str] = []
+        self.synced: List[str] = []  # recorded for wrangler after the fact
         self.table = quote_identifier(TRACKING_TABLE)
+        # With a wrangler table, wrangler's record is kept in step with ours.
+        self.wrangler_table = wrangler_table
+        self._wrangler = quote_identifier(wrangler_table) if wrangler_table else None
         self._conn: Optional[sqlite3.Connection] = None
         self._migrations: Optional[List[Migration]] = None
         self._stop_signal: Optional[int] = None
@@ -822,7 +965,40 @@ class Migrator:
         return self._migrations
 
     def _read_applied(self) -> Optional[Dict[str, AppliedRow]]:
-        """The tracking rows by version; None when there is no tracking table."""
+        """The tracking rows by version; None when there is no tracking table.
+
+        In wrangler mode, migrations recorded only by wrangler count as
+        applied too, with an empty checksum (wrangler keeps none).
+        """
+        applied = self._read_own_rows()
+        if self._wrangler is None:
+            return applied
+        wrangler_rows = self._read_wrangler_rows()
+        if wrangler_rows is None:
+            return applied
+        applied = applied if applied is not None else {}
+        for name, applied_at in wrangler_rows.items():
+            match = MIGRATION_FILENAME.match(name)
+            if match and match.group(1) not in applied:
+                applied[match.group(1)] = AppliedRow(
+                    match.group(1), name[:-4], "",
+                    str(applied_at).replace(" ", "T") + "Z", 0.0)
+        return applied
+
+    def _read_wrangler_rows(self) -> Optional[Dict[str, str]]:
+        """wrangler's tracking rows, name -> applied_at; None if no table."""
+        conn = self._conn
+        assert conn is not None
+        if not conn.execute(SQL_TABLE_COLUMNS, (self.wrangler_table,)).fetchone():
+            return None
+        try:
+            return dict(conn.execute(SQL_SELECT_WRANGLER.format(table=self._wrangler)))
+        except sqlite3.Error as exc:
+            raise TrackingTableError(
+                f"Table {self.wrangler_table} in {self.db_path} is not wrangler's"
+                f" migrations table ({exc}); nothing was changed") from None
+
+    def _read_own_rows(self) -> Optional[Dict[str, AppliedRow]]:
         conn = self._conn
         assert conn is not None
         columns = tuple(row[0] for row in conn.execute(SQL_TABLE_COLUMNS, (TRACKING_TABLE,)))
@@ -879,7 +1055,7 @@ class Migrator:
                 result.append(MigrationStatus(m.version, m.name, m.path, "pending",
                                               m.checksum, None, None))
             else:
-                state = "applied" if row.checksum == m.checksum else "modified"
+                state = "applied" if row.checksum in ("", m.checksum) else "modified"
                 result.append(MigrationStatus(m.version, m.name, m.path, state,
                                               m.checksum, row.applied_at, row.duration_ms))
         for row in applied.values():
@@ -908,8 +1084,8 @@ class Migrator:
         before any of them runs: nothing applied was modified, nothing pending
         is numbered below what is applied, the target exists."""
         migrations = self.migrations()
-        modified = [m for m in migrations
-                    if m.version in applied and applied[m.version].checksum != m.checksum]
+        modified = [m for m in migrations if m.version in applied
+                    and applied[m.version].checksum not in ("", m.checksum)]
         if modified:
             raise MigrationFileError(
                 "Applied migrations were modified since they were applied:"
@@ -944,17 +1120,27 @@ class Migrator:
         """Create the database and the tracking table; False if it was there."""
         self._connect()
         with self.transaction(immediate=True):
-            existed = self._read_applied() is not None
-            if not existed:
-                self._execute_admin(SQL_CREATE_TRACKING.format(table=self.table))
+            existed = self._read_own_rows() is not None
+            self._ensure_tracking_table()
         return not existed
 
     def _ensure_tracking_table(self) -> Dict[str, AppliedRow]:
-        applied = self._read_applied()
-        if applied is None:
+        """Create the tracking table(s) if missing; return the applied rows.
+
+        In wrangler mode, migrations this tool applied before wrangler's table
+        was kept are recorded there too, so wrangler does not run them again.
+        """
+        if self._read_own_rows() is None:
             self._execute_admin(SQL_CREATE_TRACKING.format(table=self.table))
-            applied = {}
-        return applied
+        if self._wrangler is not None:
+            self._execute_admin(SQL_CREATE_WRANGLER.format(table=self._wrangler))
+            known = self._read_wrangler_rows() or {}
+            for row in (self._read_own_rows() or {}).values():
+                if row.name + ".sql" not in known:
+                    self._execute_admin(SQL_INSERT_WRANGLER.format(table=self._wrangler),
+                                        (row.name + ".sql",))
+                    self.synced.append(row.name)
+        return self._read_applied() or {}
 
     def backup(self, path: Optional[str] = None) -> str:
         """Copy the database with SQLite's online backup API; return the copy's path."""
@@ -1165,6 +1351,9 @@ class Migrator:
             (migration.version, migration.name, migration.checksum, utc_now(),
              round(duration_ms, 3)),
         )
+        if self._wrangler is not None:
+            self._execute_admin(SQL_INSERT_WRANGLER.format(table=self._wrangler),
+                                (migration.filename,))
         return duration_ms
 
     def _check_foreign_keys(self, migration: Migration) -> None:
@@ -1221,6 +1410,9 @@ class Migrator:
             else:
                 down_path = None
             self._execute_admin(SQL_DELETE_APPLIED.format(table=self.table), (row.version,))
+            if self._wrangler is not None and self._read_wrangler_rows() is not None:
+                self._execute_admin(SQL_DELETE_WRANGLER.format(table=self._wrangler),
+                                    (row.name + ".sql",))
         return RollbackResult(row, down_path, len(statements))
 
 
@@ -1249,6 +1441,31 @@ NEW_FILE_HEADER = """\
 -- Environment: D1 (Cloudflare SQLite)
 
 """
+
+
+def resolve_target(args: argparse.Namespace) -> "tuple[str, str, Optional[str]]":
+    """The database path, migrations folder and wrangler table (or None) the
+    options name; checked before any I/O.  A wrangler config supplies what the
+    command line leaves out."""
+    wrangler_table = getattr(args, "wrangler_table", None)
+    if wrangler_table is None and getattr(args, "wrangler", False):
+        wrangler_table = WRANGLER_TABLE
+    config = getattr(args, "wrangler_config", None)
+    if config:
+        found = wrangler_database(config, args.database, args.persist_to)
+        return (args.db_path or found.db_path,
+                args.migrations_dir or found.migrations_dir,
+                wrangler_table or found.migrations_table)
+    return resolve_db_path(args), resolve_migrations_dir(args), wrangler_table
+
+
+def resolve_migrations_dir(args: argparse.Namespace) -> str:
+    if args.migrations_dir:
+        return args.migrations_dir
+    if args.wrangler_config:
+        return wrangler_database(args.wrangler_config, args.database,
+                                 args.persist_to).migrations_dir
+    return DEFAULT_MIGRATIONS_DIR
 
 
 def resolve_db_path(args: argparse.Namespace, environ=None) -> str:
@@ -1405,11 +1622,17 @@ def error_payload(exc: MigrationError) -> Dict[str, object]:
 
 
 def _make_migrator(args: argparse.Namespace, console: Console) -> Migrator:
+    db_path, migrations_dir, wrangler_table = resolve_target(args)
+    if getattr(args, "wrangler_config", None) and args.command in ("init", "apply") \
+            and not getattr(args, "dry_run", False):
+        # wrangler creates its state folder on first use; so does this tool.
+        os.makedirs(os.path.dirname(db_path) or ".", exist_ok=True)
     return Migrator(
-        resolve_db_path(args),
-        args.migrations_dir,
+        db_path,
+        migrations_dir,
         lock_timeout=args.lock_timeout,
         foreign_keys=getattr(args, "foreign_keys", False),
+        wrangler_table=wrangler_table,
         log=console.log if args.verbose else None,
         on_slow_statement=console.tick if console.wants_ticks() else None,
     )
@@ -1577,13 +1800,14 @@ def cmd_rollback(args: argparse.Namespace, console: Console) -> int:
                     f" ({_plural(result.statements, 'statement')}) and removed its record.")
     else:
         console.say(f"Rolled back {name}: removed its record only. There is no down script"
-                    f" at {os.path.join(args.migrations_dir, DOWN_DIR, name + '.sql')},"
+                    f" at {os.path.join(migrator.migrations_dir, DOWN_DIR, name + '.sql')},"
                     " so the schema was NOT changed.")
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
-    migrations, findings = check_folder(args.migrations_dir)
+    migrations_dir = resolve_migrations_dir(args)
+    migrations, findings = check_folder(migrations_dir)
     database = None
     if args.db_path or args.env:
         args.env = args.env or "dev"
@@ -1602,7 +1826,7 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     warnings = len(findings) - errors
     if console.json:
         console.emit({
-            "migrations_dir": args.migrations_dir,
+            "migrations_dir": migrations_dir,
             "database": database,
             "findings": [f._asdict() for f in findings],
             "summary": {"files": len(migrations), "errors": errors, "warnings": warnings},
@@ -1636,7 +1860,7 @@ def cmd_new(args: argparse.Namespace, console: Console) -> int:
         raise ConfigurationError(
             f"new: the description {description!r} has no letters or digits to name the file"
         )
-    folder = args.migrations_dir
+    folder = resolve_migrations_dir(args)
     if os.path.isdir(folder):
         migrations, _ = discover(folder)
         # Numbers of misnamed or duplicate files count too: never reuse one.
@@ -1673,8 +1897,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log each statement with its timing to stderr;"
                              " show tracebacks")
     folder = argparse.ArgumentParser(add_help=False)
-    folder.add_argument("--migrations-dir", metavar="DIR", default=DEFAULT_MIGRATIONS_DIR,
-                        help="folder of NNNN_description.sql files (default: ./migrations)")
+    folder.add_argument("--migrations-dir", metavar="DIR",
+                        help="folder of NNNN_description.sql files (default: ./migrations,"
+                             " or the wrangler config's migrations_dir)")
+    folder.add_argument("--wrangler-config", metavar="FILE",
+                        help="wrangler.toml, wrangler.json or wrangler.jsonc: use its D1"
+                             " database's local file, migrations_dir and migrations_table"
+                             " (implies --wrangler)")
+    folder.add_argument("--database", metavar="NAME",
+                        help="with --wrangler-config: the D1 database's binding or"
+                             " database_name (needed when there are several)")
+    folder.add_argument("--persist-to", metavar="DIR",
+                        help="with --wrangler-config: wrangler's --persist-to folder"
+                             " (default: .wrangler/state beside the config)")
     common = argparse.ArgumentParser(add_help=False, parents=[output, folder])
     common.add_argument("--env", choices=("dev", "production"), default="dev",
                         help=f"dev: ./{DEFAULT_DB_PATH}; production: the path in"
@@ -1685,6 +1920,11 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_LOCK_TIMEOUT,
                         help="how long to wait for another process's write lock"
                              " (default: 60)")
+    common.add_argument("--wrangler", action="store_true",
+                        help=f"also keep wrangler's {WRANGLER_TABLE} table in step, in the"
+                             " same transaction as each migration")
+    common.add_argument("--wrangler-table", metavar="NAME",
+                        help=f"as --wrangler, with this table instead of {WRANGLER_TABLE}")
 
     parser = argparse.ArgumentParser(
         prog="apply_migrations.py",
