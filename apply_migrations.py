@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS {table}(
 )"""
 SQL_SELECT_WRANGLER = "SELECT name, applied_at FROM {table}"
 SQL_INSERT_WRANGLER = "INSERT INTO {table} (name) VALUES (?)"
+SQL_RECORD_WRANGLER = "INSERT OR IGNORE INTO {table} (name) VALUES (?)"
 SQL_DELETE_WRANGLER = "DELETE FROM {table} WHERE name = ?"
 # Where `wrangler dev` / `wrangler d1 ... --local` keep a D1 database,
 # below the config's folder (or below --persist-to instead of .wrangler/state).
@@ -167,6 +168,7 @@ class Interrupted(MigrationError):
         self.current: Optional[str] = None  # the migration that was rolled back
         self.applied = 0  # committed in this run before the signal
         self.whole_run = False  # True: one transaction held the whole run
+        self.uncertain: Optional[str] = None  # a remote migration in flight
         super().__init__("interrupted")
 
     @property
@@ -177,6 +179,10 @@ class Interrupted(MigrationError):
         done = f"{self.applied} migration{'s' if self.applied != 1 else ''}"
         if self.whole_run:
             return f"Interrupted: the whole run was rolled back; {done} applied in this run"
+        if self.uncertain:
+            return (f"Interrupted while {self.uncertain} was on its way to D1: D1 applied"
+                    f" it wholly or not at all, and `status` shows which; {done} applied"
+                    " before it in this run")
         if self.current:
             return f"Interrupted: {self.current} rolled back; {done} applied in this run"
         return f"Interrupted: {done} applied in this run"
@@ -524,6 +530,7 @@ def _describe_sqlite_error(exc: Exception, db_path: str) -> Optional[MigrationEr
 
 class WranglerDatabase(NamedTuple):
     name: str  # the binding or database_name it was chosen by
+    database_id: str  # the remote database's id ("" when the config has none)
     db_path: str  # the local SQLite file `wrangler ... --local` uses
     migrations_dir: str
     migrations_table: str
@@ -633,6 +640,7 @@ def wrangler_database(config_path: str, database: Optional[str] = None,
     state = persist_to if persist_to else os.path.join(folder, WRANGLER_STATE_DIR)
     return WranglerDatabase(
         str(entry.get("binding") or entry.get("database_name")),
+        str(entry.get("database_id") or ""),
         os.path.join(state, WRANGLER_D1_DIR, miniflare_object_id(str(ident)) + ".sqlite"),
         os.path.join(folder, entry.get("migrations_dir") or DEFAULT_MIGRATIONS_DIR),
         entry.get("migrations_table") or WRANGLER_TABLE,
@@ -987,21 +995,21 @@ class Migrator:
 
     def _read_wrangler_rows(self) -> Optional[Dict[str, str]]:
         """wrangler's tracking rows, name -> applied_at; None if no table."""
-        conn = self._conn
-        assert conn is not None
-        if not conn.execute(SQL_TABLE_COLUMNS, (self.wrangler_table,)).fetchone():
+        if not self._fetch(SQL_TABLE_COLUMNS, (self.wrangler_table,)):
             return None
         try:
-            return dict(conn.execute(SQL_SELECT_WRANGLER.format(table=self._wrangler)))
-        except sqlite3.Error as exc:
+            return dict(self._fetch(SQL_SELECT_WRANGLER.format(table=self._wrangler)))
+        except (sqlite3.Error, MigrationError) as exc:
             raise TrackingTableError(
                 f"Table {self.wrangler_table} in {self.db_path} is not wrangler's"
                 f" migrations table ({exc}); nothing was changed") from None
 
+    def _fetch(self, sql: str, params: tuple = ()) -> List[tuple]:
+        """Rows of one read query: the primitive a remote target replaces."""
+        return self._conn.execute(sql, params).fetchall()  # type: ignore[union-attr]
+
     def _read_own_rows(self) -> Optional[Dict[str, AppliedRow]]:
-        conn = self._conn
-        assert conn is not None
-        columns = tuple(row[0] for row in conn.execute(SQL_TABLE_COLUMNS, (TRACKING_TABLE,)))
+        columns = tuple(row[0] for row in self._fetch(SQL_TABLE_COLUMNS, (TRACKING_TABLE,)))
         if not columns:
             return None
         if columns != TRACKING_COLUMNS:
@@ -1013,7 +1021,7 @@ class Migrator:
                 " the tool that owns the table, or rename the table."
             )
         applied: Dict[str, AppliedRow] = {}
-        for raw in conn.execute(SQL_SELECT_APPLIED.format(table=self.table)):
+        for raw in self._fetch(SQL_SELECT_APPLIED.format(table=self.table)):
             row = AppliedRow(*raw)
             if not isinstance(row.version, str) or not row.version.isdigit() or None in raw:
                 raise TrackingTableError(
@@ -1063,6 +1071,10 @@ class Migrator:
                                           row.checksum, row.applied_at, row.duration_ms))
         result.sort(key=lambda s: (int(s.version), s.name))
         return result
+
+    def exists(self) -> bool:
+        """Whether the database is there (status says when it is not)."""
+        return os.path.exists(self.db_path)
 
     @staticmethod
     def find(version: str, candidates):
@@ -1136,8 +1148,8 @@ class Migrator:
             self._execute_admin(SQL_CREATE_WRANGLER.format(table=self._wrangler))
             known = self._read_wrangler_rows() or {}
             for row in (self._read_own_rows() or {}).values():
-                if row.name + ".sql" not in known:
-                    self._execute_admin(SQL_INSERT_WRANGLER.format(table=self._wrangler),
+                if row.checksum and row.name + ".sql" not in known:
+                    self._execute_admin(SQL_RECORD_WRANGLER.format(table=self._wrangler),
                                         (row.name + ".sql",))
                     self.synced.append(row.name)
         return self._read_applied() or {}
@@ -1378,42 +1390,51 @@ class Migrator:
             )
         self._connect()
         with self.transaction(immediate=True):
-            rows = sorted((self._read_applied() or {}).values(), key=lambda r: int(r.version))
-            if version is None:
-                if not rows:
-                    raise MigrationError("Nothing to roll back: no migrations have been applied")
-                row = rows[-1]
-            else:
-                row = self.find(version, rows)
-                if row is None:
-                    raise MigrationError(f"Migration {version} not found in applied migrations")
-            later = [r.name for r in rows if int(r.version) > int(row.version)]
-            if later and not force:
-                raise MigrationError(
-                    f"Cannot roll back {row.name}: later migrations are still applied"
-                    f" ({', '.join(later)}). Roll those back first, or pass --force"
-                    " to roll back only this one."
-                )
-            down_path: Optional[str] = os.path.join(self.migrations_dir, DOWN_DIR,
-                                                    row.name + ".sql")
-            statements: Prepared = []
-            if os.path.isfile(down_path):  # type: ignore[arg-type]
-                down = Migration(row.version, row.name, down_path)  # type: ignore[arg-type]
-                try:
-                    statements = self._prepare(down)
-                except MigrationFailed as exc:
-                    raise MigrationFailed(row.name, exc.path, exc.reason, exc.statement,
-                                          exc.line, exc.sql, action="roll back") from None
+            row = self._choose_rollback(self._read_applied() or {}, version, force)
+            down, statements = self._down_script(row)
+            if down is not None:
                 self._execute_statements(down, statements, action="roll back")
                 if self.foreign_keys:
                     self._check_foreign_keys(down)
-            else:
-                down_path = None
             self._execute_admin(SQL_DELETE_APPLIED.format(table=self.table), (row.version,))
             if self._wrangler is not None and self._read_wrangler_rows() is not None:
                 self._execute_admin(SQL_DELETE_WRANGLER.format(table=self._wrangler),
                                     (row.name + ".sql",))
-        return RollbackResult(row, down_path, len(statements))
+        return RollbackResult(row, down.path if down else None, len(statements))
+
+    def _choose_rollback(self, applied: Dict[str, AppliedRow], version: Optional[str],
+                         force: bool) -> AppliedRow:
+        """The applied migration `version` names (default: the latest), once
+        no later one stands in the way."""
+        rows = sorted(applied.values(), key=lambda r: int(r.version))
+        if version is None:
+            if not rows:
+                raise MigrationError("Nothing to roll back: no migrations have been applied")
+            row = rows[-1]
+        else:
+            row = self.find(version, rows)
+            if row is None:
+                raise MigrationError(f"Migration {version} not found in applied migrations")
+        later = [r.name for r in rows if int(r.version) > int(row.version)]
+        if later and not force:
+            raise MigrationError(
+                f"Cannot roll back {row.name}: later migrations are still applied"
+                f" ({', '.join(later)}). Roll those back first, or pass --force"
+                " to roll back only this one."
+            )
+        return row
+
+    def _down_script(self, row: AppliedRow) -> "tuple[Optional[Migration], Prepared]":
+        """The migration's down script and its statements, if it has one."""
+        path = os.path.join(self.migrations_dir, DOWN_DIR, row.name + ".sql")
+        if not os.path.isfile(path):
+            return None, []
+        down = Migration(row.version, row.name, path)
+        try:
+            return down, self._prepare(down)
+        except MigrationFailed as exc:
+            raise MigrationFailed(row.name, exc.path, exc.reason, exc.statement,
+                                  exc.line, exc.sql, action="roll back") from None
 
 
 def _describe_statement(name: str, number: int, statement: Statement, seconds: float) -> str:
@@ -1427,6 +1448,383 @@ def format_ms(ms: float) -> str:
     if ms < 1000:
         return f"{ms:.1f} ms"
     return f"{ms / 1000:.1f} s"
+
+
+# --------------------------------------------------------------------------
+# Cloudflare D1 over its HTTP API: the same Migrator, with each migration sent
+# as one batch that D1 runs as one transaction.
+
+D1_API_BASE = "https://api.cloudflare.com/client/v4"
+D1_ACCOUNT_VARIABLE = "CLOUDFLARE_ACCOUNT_ID"
+D1_DATABASE_VARIABLE = "D1_DATABASE_ID"
+D1_TOKEN_VARIABLE = "CLOUDFLARE_API_TOKEN"
+D1_API_BASE_VARIABLE = "CLOUDFLARE_API_BASE_URL"
+DEFAULT_HTTP_TIMEOUT = 30.0
+DEFAULT_HTTP_RETRIES = 4
+# A statement that always fails with a message of its own: appended to a batch
+# it makes D1 roll the batch back, which a dry run and the search for a
+# failing statement need.
+D1_SENTINEL_TABLE = "apply_migrations: rolled back on purpose"
+SQL_SENTINEL = f"SELECT * FROM {quote_identifier(D1_SENTINEL_TABLE)}"
+SQL_SET_DURATION = "UPDATE {table} SET duration_ms = ? WHERE version = ?"
+
+
+class D1Error(MigrationError):
+    """D1 refused a request; nothing of it was committed."""
+
+    def __init__(self, message: str, code: Optional[int] = None,
+                 status: Optional[int] = None):
+        self.code = code
+        self.status = status
+        super().__init__(message)
+
+
+class D1Unsure(D1Error):
+    """The request may or may not have reached D1 (a timeout, a dropped
+    connection, a 5xx): only the tracking table can tell whether it ran."""
+
+
+class D1Client:
+    """POSTs SQL to D1's /query and /raw endpoints with urllib.
+
+    Requests that cannot change anything twice (reads, CREATE ... IF NOT
+    EXISTS) are retried with backoff on timeouts, dropped connections, 429
+    and 5xx.  A write that may have reached D1 is never resent here: it raises
+    D1Unsure and the caller asks the tracking table what happened.
+    """
+
+    def __init__(self, api_base: str, account_id: str, database_id: str, token: str,
+                 *, timeout: float = DEFAULT_HTTP_TIMEOUT,
+                 retries: int = DEFAULT_HTTP_RETRIES,
+                 log: Optional[Callable[[str], None]] = None):
+        self.api_base = api_base.rstrip("/")
+        self.account_id = account_id
+        self.database_id = database_id
+        self._token = token
+        self.timeout = timeout
+        self.retries = retries
+        self.log = log
+        self.backoff = 1.0  # seconds before the first retry; doubles each time
+
+    def describe(self) -> str:
+        return f"D1 database {self.database_id}"
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+    def _post_once(self, kind: str, body: dict) -> "tuple[Optional[int], object]":
+        """One POST: (HTTP status, parsed JSON or None).  Raises _Transient."""
+        import json
+        import socket
+        import urllib.error
+        import urllib.request
+        import http.client
+        url = (f"{self.api_base}/accounts/{self.account_id}/d1/database/"
+               f"{self.database_id}/{kind}")
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode("utf-8"), method="POST",
+            headers={"Authorization": f"Bearer {self._token}",
+                     "Content-Type": "application/json",
+                     "User-Agent": f"apply_migrations.py/{__version__}"})
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+            if status == 429 or status >= 500:
+                delay = exc.headers.get("Retry-After") if exc.headers else None
+                raise _Transient(f"HTTP {status} from D1", maybe_ran=status != 429,
+                                 delay=float(delay) if delay and delay.isdigit() else None)
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            never_sent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))
+            raise _Transient(f"cannot reach {self.api_base} ({reason})",
+                             maybe_ran=not never_sent) from None
+        except (socket.timeout, TimeoutError):
+            raise _Transient(f"no answer from D1 within {self.timeout:g} s"
+                             " (--http-timeout)", maybe_ran=True) from None
+        except (ConnectionError, http.client.HTTPException, OSError) as exc:
+            raise _Transient(f"connection to D1 failed ({exc})", maybe_ran=True) from None
+        if self.log:
+            self.log(f"POST .../{kind}: HTTP {status} in"
+                     f" {format_ms((time.perf_counter() - started) * 1000)}")
+        try:
+            return status, json.loads(raw.decode("utf-8"))
+        except ValueError:
+            return status, None
+
+    def request(self, kind: str, body: dict, idempotent: bool) -> list:
+        """POST with retries where safe; the `result` list of the envelope."""
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                status, payload = self._post_once(kind, body)
+                break
+            except _Transient as transient:
+                if transient.maybe_ran and not idempotent:
+                    raise D1Unsure(self._redact(transient.reason)) from None
+                if attempt == self.retries:
+                    raise D1Error(self._redact(
+                        f"{transient.reason}; gave up after {attempt + 1} attempts")) from None
+                time.sleep(min(transient.delay or delay, 60.0))
+                delay *= 2
+        if isinstance(payload, dict) and payload.get("success") is True:
+            return payload.get("result") or []
+        errors = payload.get("errors") if isinstance(payload, dict) else None
+        if errors:
+            first = errors[0]
+            message = "; ".join(f"{e.get('message')} [code {e.get('code')}]" for e in errors)
+            code = first.get("code")
+        else:
+            message, code = f"HTTP {status} with no D1 answer in the body", None
+        if status in (401, 403) or code == 10000:
+            raise ConfigurationError(self._redact(
+                f"D1 refused the credentials ({message}): check {D1_TOKEN_VARIABLE}"
+                f" (a token with D1 edit permission) and {D1_ACCOUNT_VARIABLE}"))
+        if status == 404:
+            raise ConfigurationError(self._redact(
+                f"D1 database {self.database_id} not found in account {self.account_id}"
+                f" ({message}); check {D1_DATABASE_VARIABLE} and {D1_ACCOUNT_VARIABLE}"))
+        raise D1Error(self._redact(message), code=code, status=status)
+
+    def batch(self, statements: List["tuple[str, list]"], idempotent: bool = False) -> list:
+        """Run statements as one batch, one D1 transaction; per-statement results."""
+        return self.request("query", {"batch": [{"sql": sql, "params": params}
+                                                for sql, params in statements]},
+                            idempotent)
+
+    def rows(self, sql: str, params: tuple = ()) -> List[tuple]:
+        result = self.request("raw", {"sql": sql, "params": list(params)}, idempotent=True)
+        return [tuple(row) for row in (result[0]["results"].get("rows") or [])] if result else []
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, maybe_ran: bool, delay: Optional[float] = None):
+        self.reason = reason
+        self.maybe_ran = maybe_ran
+        self.delay = delay
+        super().__init__(reason)
+
+
+class D1RemoteMigrator(Migrator):
+    """A Migrator for a remote D1 database: the plan, checks, splitting and
+    tracking table are the Migrator's; each migration travels as one batch
+    of its statements and its tracking row, which D1 commits together or not
+    at all.  D1 has no lock to take: two runs racing for a migration both send
+    it, and the second batch fails on the tracking row's primary key and
+    leaves nothing, so each migration is still applied once."""
+
+    def __init__(self, client: D1Client, migrations_dir: str = DEFAULT_MIGRATIONS_DIR,
+                 *, wrangler_table: Optional[str] = None,
+                 log: Optional[Callable[[str], None]] = None):
+        super().__init__(client.describe(), migrations_dir,
+                         wrangler_table=wrangler_table, log=log)
+        self.client = client
+
+    # The local primitives, replaced by requests.
+    def _connect(self, readonly: bool = False, memory: bool = False):  # type: ignore[override]
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def exists(self) -> bool:
+        return True
+
+    @contextmanager
+    def transaction(self, immediate: bool = False, commit: bool = True):  # type: ignore[override]
+        yield None  # every request is its own transaction on D1
+
+    def _fetch(self, sql: str, params: tuple = ()) -> List[tuple]:
+        return self.client.rows(sql, params)
+
+    def _execute_admin(self, sql: str, params: tuple = ()):  # type: ignore[override]
+        # Only idempotent statements come here (CREATE ... IF NOT EXISTS,
+        # INSERT OR IGNORE), so they may be retried.
+        return self.client.batch([(sql, list(params))], idempotent=True)
+
+    def backup(self, path: Optional[str] = None) -> str:
+        raise ConfigurationError(
+            "--backup copies a local database file; a remote D1 database is restored"
+            " with Time Travel instead (wrangler d1 time-travel info / restore)")
+
+    def _prepare_for_d1(self, migration: Migration) -> Prepared:
+        """Split and check a file as D1 will see it, refusing what D1 rejects."""
+        numbered = self._prepare(migration)
+        for finding in check_statements(migration.path, [s for _, s in numbered]):
+            # Statements travel one per batch entry, so a missing final ';'
+            # is harmless here.
+            if finding.severity == "error" and finding.code != "missing-semicolon":
+                number = next((n for n, s in numbered if s.line == finding.line), None)
+                raise MigrationFailed(
+                    migration.name, migration.path,
+                    f"D1 would reject it: {finding.message}; nothing was sent",
+                    number, finding.line)
+        return numbered
+
+    def _entries(self, migration: Migration, numbered: Prepared) -> List["tuple[str, list]"]:
+        entries = [(statement.sql, []) for _, statement in numbered]
+        entries.append((SQL_INSERT_APPLIED.format(table=self.table),
+                        [migration.version, migration.name, migration.checksum,
+                         utc_now(), 0.0]))
+        if self._wrangler is not None:
+            entries.append((SQL_INSERT_WRANGLER.format(table=self._wrangler),
+                            [migration.filename]))
+        return entries
+
+    def _rolled_back_on_purpose(self, entries: List["tuple[str, list]"]) -> Optional[D1Error]:
+        """Run entries plus the sentinel: None if all of them succeed (and
+        the sentinel rolls them back), else the error of the first that fails."""
+        try:
+            self.client.batch(entries + [(SQL_SENTINEL, [])], idempotent=True)
+        except D1Error as exc:
+            return None if D1_SENTINEL_TABLE in str(exc) else exc
+        raise MigrationError("D1 committed a batch that was meant to fail; stopping")
+
+    def _locate(self, migration: Migration, numbered: Prepared, error: D1Error,
+                action: str = "apply", before: List["tuple[str, list]"] = ()
+                ) -> MigrationFailed:  # type: ignore[assignment]
+        """D1 names no statement when a batch fails: find it by bisection,
+        with batches that are always rolled back (each replaying `before`,
+        the entries that ran ahead of this migration in the same batch)."""
+        before = list(before)
+        entries = [(s.sql, []) for _, s in numbered]
+        if self._rolled_back_on_purpose(before + entries) is None:
+            return MigrationFailed(migration.name, migration.path,
+                                   f"{error} (recording it in {TRACKING_TABLE} failed)",
+                                   action=action)
+        good, bad = 0, len(entries)
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            if self._rolled_back_on_purpose(before + entries[:middle]) is None:
+                good = middle
+            else:
+                bad = middle
+        number, statement = numbered[bad - 1]
+        return MigrationFailed(migration.name, migration.path, str(error), number,
+                               statement.line, statement.sql, action=action)
+
+    def apply(self, target: Optional[str] = None, allow_out_of_order: bool = False,
+              single_transaction: bool = False, dry_run: bool = False,
+              backup: bool = False, backup_path: Optional[str] = None,
+              on_applied=None, on_backup=None) -> ApplyResult:
+        if backup:
+            self.backup(backup_path)
+        applied = (self._read_applied() or {}) if dry_run else self._ensure_tracking_table()
+        pending = self.plan(applied, target, allow_out_of_order)
+        prepared = [(m, self._prepare_for_d1(m)) for m in pending]
+        done: List[Migration] = []
+        if not prepared:
+            return ApplyResult(done, None)
+        if dry_run or single_transaction:
+            self._apply_as_one(prepared, dry_run, on_applied)
+            return ApplyResult([m for m, _ in prepared], None)
+        for migration, numbered in prepared:
+            try:
+                duration = self._send(migration, numbered, target, allow_out_of_order)
+            except Interrupted as exc:
+                exc.uncertain = migration.name
+                exc.applied = len(done)
+                raise
+            if duration is None:
+                continue  # another run applied it meanwhile
+            done.append(migration)
+            if on_applied:
+                on_applied(len(done), len(prepared), migration, duration)
+        return ApplyResult(done, None)
+
+    def _apply_as_one(self, prepared: List["tuple[Migration, Prepared]"], dry_run: bool,
+                      on_applied) -> None:
+        header = [(SQL_CREATE_TRACKING.format(table=self.table), [])]
+        if self._wrangler is not None:
+            header.append((SQL_CREATE_WRANGLER.format(table=self._wrangler), []))
+        entries = list(header)
+        for migration, numbered in prepared:
+            entries += self._entries(migration, numbered)
+        started = time.perf_counter()
+        try:
+            if dry_run:
+                error = self._rolled_back_on_purpose(entries)
+                if error is not None:
+                    raise error
+            else:
+                self.client.batch(entries)
+        except D1Error as exc:
+            failure = self._first_failure(header, prepared, exc)
+            failure.note = ("dry run: nothing was changed" if dry_run else
+                            "rolled back the whole run (--single-transaction):"
+                            " nothing was applied")
+            raise failure from None
+        each = (time.perf_counter() - started) * 1000 / len(prepared)
+        for index, (migration, _) in enumerate(prepared, 1):
+            if on_applied:
+                on_applied(index, len(prepared), migration, each)
+
+    def _first_failure(self, header: List["tuple[str, list]"],
+                       prepared: List["tuple[Migration, Prepared]"],
+                       error: D1Error) -> MigrationFailed:
+        """Which migration of a one-batch run failed: growing prefixes of
+        whole migrations are tried, and rolled back, until one fails."""
+        entries = list(header)
+        for migration, numbered in prepared:
+            before = list(entries)
+            entries += self._entries(migration, numbered)
+            failed = self._rolled_back_on_purpose(entries)
+            if failed is not None:
+                return self._locate(migration, numbered, failed, before=before)
+        return MigrationFailed(prepared[-1][0].name, prepared[-1][0].path, str(error))
+
+    def _send(self, migration: Migration, numbered: Prepared, target: Optional[str],
+              allow_out_of_order: bool) -> Optional[float]:
+        """One migration as one batch.  Returns D1's duration, or None when
+        another run applied it first."""
+        for attempt in range(self.client.retries + 1):
+            try:
+                result = self.client.batch(self._entries(migration, numbered))
+            except D1Unsure as unsure:
+                # It may have run: D1 committed all of it or none, and the
+                # tracking table says which.
+                if migration.version in (self._read_applied() or {}):
+                    return 0.0
+                if attempt == self.client.retries:
+                    raise MigrationFailed(migration.name, migration.path,
+                                          f"{unsure}; it was not applied") from None
+                continue
+            except D1Error as exc:
+                applied = self._read_applied() or {}
+                if migration.version in applied:
+                    return None  # the tracking row's key refused a second copy
+                self.plan(applied, target, allow_out_of_order)
+                raise self._locate(migration, numbered, exc) from None
+            duration = sum(float((r.get("meta") or {}).get("duration") or 0)
+                           for r in result[:len(numbered)])
+            try:
+                self._execute_admin(SQL_SET_DURATION.format(table=self.table),
+                                    (round(duration, 3), migration.version))
+            except D1Error:
+                pass  # only the recorded duration is lost
+            return duration
+        return None
+
+    def rollback(self, version: Optional[str] = None, force: bool = False) -> RollbackResult:
+        row = self._choose_rollback(self._read_applied() or {}, version, force)
+        down, numbered = self._down_script(row)
+        entries = [(s.sql, []) for _, s in numbered]
+        entries.append((SQL_DELETE_APPLIED.format(table=self.table), [row.version]))
+        if self._wrangler is not None:
+            entries.append((SQL_DELETE_WRANGLER.format(table=self._wrangler),
+                            [row.name + ".sql"]))
+        try:
+            self.client.batch(entries)
+        except D1Unsure:
+            if row.version in (self._read_applied() or {}):
+                raise
+        except D1Error as exc:
+            if down is None:
+                raise
+            raise self._locate(down, numbered, exc, action="roll back") from None
+        return RollbackResult(row, down.path if down else None, len(numbered))
 
 
 # --------------------------------------------------------------------------
@@ -1511,6 +1909,7 @@ class Console:
         self.github = os.environ.get("GITHUB_ACTIONS") == "true"
         self.summary_path = os.environ.get("GITHUB_STEP_SUMMARY") or None
         self.partial: Dict[str, object] = {}  # what a failed command did, for JSON
+        self.secrets: List[str] = []  # never printed, whatever an error says
         self._ticking = False
         self.ellipsis = "\u2026" if self._utf8(sys.stdout) else "..."
 
@@ -1563,7 +1962,12 @@ class Console:
 
     def emit(self, payload: Dict[str, object]) -> None:
         import json
-        print(json.dumps(payload, indent=2, ensure_ascii=False), flush=True)
+        print(self.redact(json.dumps(payload, indent=2, ensure_ascii=False)), flush=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def error(self, exc: MigrationError) -> None:
         self._end_tick()
@@ -1571,7 +1975,7 @@ class Console:
             self.annotate(exc)
         text = str(exc) if isinstance(exc, Interrupted) else \
             f"{self.paint('Error:', '31', sys.stderr)} {exc}"
-        print(text, file=sys.stderr, flush=True)
+        print(self.redact(text), file=sys.stderr, flush=True)
         if self.json:
             self.emit({**self.partial, "error": error_payload(exc)})
 
@@ -1621,7 +2025,39 @@ def error_payload(exc: MigrationError) -> Dict[str, object]:
     }
 
 
+def make_d1_client(args: argparse.Namespace, console: Console) -> D1Client:
+    """The remote D1 database the environment names; each missing variable
+    is a one-line error before anything is sent."""
+    environ = os.environ
+    account = environ.get(D1_ACCOUNT_VARIABLE, "").strip()
+    database = environ.get(D1_DATABASE_VARIABLE, "").strip()
+    if not database and args.wrangler_config:
+        database = wrangler_database(args.wrangler_config, args.database,
+                                     args.persist_to).database_id
+    token = environ.get(D1_TOKEN_VARIABLE, "").strip()
+    for variable, value, what in (
+            (D1_ACCOUNT_VARIABLE, account, "your Cloudflare account id"),
+            (D1_DATABASE_VARIABLE, database,
+             "the D1 database's id (or pass --wrangler-config with its database_id)"),
+            (D1_TOKEN_VARIABLE, token, "an API token with D1 edit permission")):
+        if not value:
+            raise ConfigurationError(f"{variable} is not set: --d1-remote needs {what}.")
+    console.secrets.append(token)
+    return D1Client(
+        args.api_base or environ.get(D1_API_BASE_VARIABLE, "").strip() or D1_API_BASE,
+        account, database, token, timeout=args.http_timeout, retries=args.http_retries,
+        log=console.log if args.verbose else None)
+
+
 def _make_migrator(args: argparse.Namespace, console: Console) -> Migrator:
+    if getattr(args, "d1_remote", False):
+        wrangler_table = getattr(args, "wrangler_table", None)
+        if wrangler_table is None and (args.wrangler or args.wrangler_config):
+            wrangler_table = (wrangler_database(args.wrangler_config, args.database,
+                                                args.persist_to).migrations_table
+                              if args.wrangler_config else WRANGLER_TABLE)
+        return D1RemoteMigrator(make_d1_client(args, console), resolve_migrations_dir(args),
+                                wrangler_table=wrangler_table)
     db_path, migrations_dir, wrangler_table = resolve_target(args)
     if getattr(args, "wrangler_config", None) and args.command in ("init", "apply") \
             and not getattr(args, "dry_run", False):
@@ -1660,7 +2096,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     with _make_migrator(args, console) as migrator:
         states = migrator.status()
     _warn_all(console, migrator)
-    exists = os.path.exists(migrator.db_path)
+    exists = migrator.exists()
     counts = {state: 0 for state in STATE_MARKS}
     for s in states:
         counts[s.state] += 1
@@ -1925,6 +2361,20 @@ def build_parser() -> argparse.ArgumentParser:
                              " same transaction as each migration")
     common.add_argument("--wrangler-table", metavar="NAME",
                         help=f"as --wrangler, with this table instead of {WRANGLER_TABLE}")
+    remote = common.add_argument_group(
+        "remote D1", f"--d1-remote reads {D1_ACCOUNT_VARIABLE}, {D1_DATABASE_VARIABLE}"
+                     f" and {D1_TOKEN_VARIABLE} from the environment")
+    remote.add_argument("--d1-remote", action="store_true",
+                        help="work on the remote Cloudflare D1 database over its HTTP API")
+    remote.add_argument("--api-base", metavar="URL",
+                        help=f"the API's base URL (default: ${D1_API_BASE_VARIABLE}, else"
+                             f" {D1_API_BASE})")
+    remote.add_argument("--http-timeout", metavar="SECONDS", type=float,
+                        default=DEFAULT_HTTP_TIMEOUT,
+                        help="how long to wait for each answer from D1 (default: 30)")
+    remote.add_argument("--http-retries", metavar="N", type=int,
+                        default=DEFAULT_HTTP_RETRIES,
+                        help="retries of requests that are safe to repeat (default: 4)")
 
     parser = argparse.ArgumentParser(
         prog="apply_migrations.py",
