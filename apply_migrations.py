@@ -216,6 +216,11 @@ class Statement(NamedTuple):
     end: int
 
 
+# Tracking rows by the number of their version: "0001" and "1" are one
+# migration, so renaming 0001_x.sql to 1_x.sql does not make it pending.
+Applied = Dict[int, "AppliedRow"]
+
+
 class AppliedRow(NamedTuple):
     version: str
     name: str
@@ -259,8 +264,10 @@ _HEAD_TOKEN = re.compile(
     rf"""(?:{_SPACE}|{_COMMENT})+|[{_ID_CHAR}]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|[^;]""",
     re.DOTALL,
 )
+# One whitespace character per step: with `[ \t\n\f\r]+` inside the `*`, a
+# failed match would retry every way of cutting a run of blanks (exponential).
 _TRIGGER_END = re.compile(
-    rf"(?:{_SPACE}|{_COMMENT}|;)*END(?![{_ID_CHAR}])(?:{_SPACE}|{_COMMENT})*(;|\Z)",
+    rf"(?:[ \t\n\f\r;]|{_COMMENT})*END(?![{_ID_CHAR}])(?:[ \t\n\f\r]|{_COMMENT})*(;|\Z)",
     re.IGNORECASE,
 )
 _UNTERMINATED = {
@@ -290,6 +297,11 @@ def split_sql(text: str) -> List[Statement]:
     no statement.  The last statement may lack its ';'.  Raises SQLSplitError
     when the text ends inside a string, identifier, comment or trigger body.
     """
+    nul = text.find("\x00")
+    if nul >= 0:
+        # SQLite would take it for the end of the text and drop the rest.
+        raise SQLSplitError("a NUL character is not allowed in SQL text", nul,
+                            _line_at(text, nul))
     statements: List[Statement] = []
     n = len(text)
     line, counted = 1, 0
@@ -338,6 +350,9 @@ def split_sql(text: str) -> List[Statement]:
                 if end_match:
                     pos = end_match.end() - len(end_match.group(1))
                     break
+                # Every ';' of this run of blanks, comments and ';' leads to the
+                # same next token, which is not an ending END: skip the run.
+                pos = _GAP.match(text, pos).end()
         else:
             pos = _BODY.match(text, pos).end()
         if pos < n:
@@ -972,7 +987,7 @@ class Migrator:
             self.warnings.extend(warnings)
         return self._migrations
 
-    def _read_applied(self) -> Optional[Dict[str, AppliedRow]]:
+    def _read_applied(self) -> Optional[Applied]:
         """The tracking rows by version; None when there is no tracking table.
 
         In wrangler mode, migrations recorded only by wrangler count as
@@ -987,8 +1002,8 @@ class Migrator:
         applied = applied if applied is not None else {}
         for name, applied_at in wrangler_rows.items():
             match = MIGRATION_FILENAME.match(name)
-            if match and match.group(1) not in applied:
-                applied[match.group(1)] = AppliedRow(
+            if match and int(match.group(1)) not in applied:
+                applied[int(match.group(1))] = AppliedRow(
                     match.group(1), name[:-4], "",
                     str(applied_at).replace(" ", "T") + "Z", 0.0)
         return applied
@@ -1008,7 +1023,7 @@ class Migrator:
         """Rows of one read query: the primitive a remote target replaces."""
         return self._conn.execute(sql, params).fetchall()  # type: ignore[union-attr]
 
-    def _read_own_rows(self) -> Optional[Dict[str, AppliedRow]]:
+    def _read_own_rows(self) -> Optional[Applied]:
         columns = tuple(row[0] for row in self._fetch(SQL_TABLE_COLUMNS, (TRACKING_TABLE,)))
         if not columns:
             return None
@@ -1020,7 +1035,7 @@ class Migrator:
                 " the same name). Nothing was changed; migrate this database with"
                 " the tool that owns the table, or rename the table."
             )
-        applied: Dict[str, AppliedRow] = {}
+        applied: Applied = {}
         for raw in self._fetch(SQL_SELECT_APPLIED.format(table=self.table)):
             row = AppliedRow(*raw)
             if not isinstance(row.version, str) or not row.version.isdigit() or None in raw:
@@ -1029,16 +1044,17 @@ class Migrator:
                     f" {tuple(raw)!r}: version must be digits and no column may be"
                     " empty. Nothing was changed; fix or delete that row by hand."
                 )
-            if row.version in applied:
+            twin = applied.get(int(row.version))
+            if twin is not None:
                 raise TrackingTableError(
                     f"Table {TRACKING_TABLE} in {self.db_path} records version"
-                    f" {row.version} twice; nothing was changed. Delete the wrong row"
-                    " by hand."
+                    f" {int(row.version)} twice ({twin.name}, {row.name}); nothing was"
+                    " changed. Delete the wrong row by hand."
                 )
-            applied[row.version] = row
+            applied[int(row.version)] = row
         return applied
 
-    def _refresh_applied(self) -> Optional[Dict[str, AppliedRow]]:
+    def _refresh_applied(self) -> Optional[Applied]:
         """Inside the write lock: the tracking rows again if another connection
         has committed since they were last read (PRAGMA data_version), else None."""
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]  # type: ignore[union-attr]
@@ -1053,12 +1069,12 @@ class Migrator:
         Read-only: a missing database stays missing, and no table is created.
         """
         migrations = self.migrations()
-        applied: Dict[str, AppliedRow] = {}
+        applied: Applied = {}
         if self._connect(readonly=True) is not None:
             applied = self._read_applied() or {}
         result = []
         for m in migrations:
-            row = applied.pop(m.version, None)
+            row = applied.pop(m.number, None)
             if row is None:
                 result.append(MigrationStatus(m.version, m.name, m.path, "pending",
                                               m.checksum, None, None))
@@ -1090,14 +1106,14 @@ class Migrator:
                     return item
         return None
 
-    def plan(self, applied: Dict[str, AppliedRow], target: Optional[str] = None,
+    def plan(self, applied: Applied, target: Optional[str] = None,
              allow_out_of_order: bool = False) -> List[Migration]:
         """The migrations to apply, in order, after the checks that must pass
         before any of them runs: nothing applied was modified, nothing pending
         is numbered below what is applied, the target exists."""
         migrations = self.migrations()
-        modified = [m for m in migrations if m.version in applied
-                    and applied[m.version].checksum not in ("", m.checksum)]
+        modified = [m for m in migrations if m.number in applied
+                    and applied[m.number].checksum not in ("", m.checksum)]
         if modified:
             raise MigrationFileError(
                 "Applied migrations were modified since they were applied:"
@@ -1105,7 +1121,7 @@ class Migrator:
                 " each file as it was applied (git checkout -- <file>) and put the"
                 " change in a new migration; `status` lists them as modified."
             )
-        pending = [m for m in migrations if m.version not in applied]
+        pending = [m for m in migrations if m.number not in applied]
         if target is not None:
             chosen = self.find(target, migrations)
             if chosen is None:
@@ -1136,7 +1152,7 @@ class Migrator:
             self._ensure_tracking_table()
         return not existed
 
-    def _ensure_tracking_table(self) -> Dict[str, AppliedRow]:
+    def _ensure_tracking_table(self) -> Applied:
         """Create the tracking table(s) if missing; return the applied rows.
 
         In wrangler mode, migrations this tool applied before wrangler's table
@@ -1288,7 +1304,7 @@ class Migrator:
                 changed = self._refresh_applied()
                 if changed is not None:
                     # Another process migrated meanwhile: follow what it did.
-                    if migration.version in changed:
+                    if migration.number in changed:
                         return None
                     self.plan(changed, target, allow_out_of_order)
                 return self._run(migration, statements, skip=hoisted)
@@ -1402,7 +1418,7 @@ class Migrator:
                                     (row.name + ".sql",))
         return RollbackResult(row, down.path if down else None, len(statements))
 
-    def _choose_rollback(self, applied: Dict[str, AppliedRow], version: Optional[str],
+    def _choose_rollback(self, applied: Applied, version: Optional[str],
                          force: bool) -> AppliedRow:
         """The applied migration `version` names (default: the latest), once
         no later one stands in the way."""
@@ -1785,7 +1801,7 @@ class D1RemoteMigrator(Migrator):
             except D1Unsure as unsure:
                 # It may have run: D1 committed all of it or none, and the
                 # tracking table says which.
-                if migration.version in (self._read_applied() or {}):
+                if migration.number in (self._read_applied() or {}):
                     return 0.0
                 if attempt == self.client.retries:
                     raise MigrationFailed(migration.name, migration.path,
@@ -1793,7 +1809,7 @@ class D1RemoteMigrator(Migrator):
                 continue
             except D1Error as exc:
                 applied = self._read_applied() or {}
-                if migration.version in applied:
+                if migration.number in applied:
                     return None  # the tracking row's key refused a second copy
                 self.plan(applied, target, allow_out_of_order)
                 raise self._locate(migration, numbered, exc) from None
@@ -1818,7 +1834,7 @@ class D1RemoteMigrator(Migrator):
         try:
             self.client.batch(entries)
         except D1Unsure:
-            if row.version in (self._read_applied() or {}):
+            if int(row.version) in (self._read_applied() or {}):
                 raise
         except D1Error as exc:
             if down is None:
