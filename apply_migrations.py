@@ -614,7 +614,7 @@ def read_wrangler_config(path: str) -> dict:
     try:
         if path.endswith(".toml"):
             try:
-                import tomllib  # Python 3.11+
+                import tomllib  # Python 3.11+  # novm
             except ImportError:
                 return _parse_toml_subset(text)
             return tomllib.loads(text)

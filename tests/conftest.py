@@ -29,6 +29,11 @@ import apply_migrations  # noqa: E402  (needs the sys.path entry above)
 
 CliResult = Tuple[int, str, str]
 
+# Removed from the environment of every run: the production database path
+# (tests set it themselves) and GitHub Actions' variables, which make the
+# tool add annotations to stdout and append to the step summary file.
+ENV_CLEARED = ("D1_DATABASE_PATH", "GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_WORKSPACE")
+
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
@@ -63,10 +68,11 @@ def run_cli(project: Path, monkeypatch: pytest.MonkeyPatch,
             capsys: pytest.CaptureFixture) -> Callable[..., CliResult]:
     """run_cli(argv, cwd=project) -> (exit code, stdout, stderr), in-process.
 
-    D1_DATABASE_PATH is removed from the environment for the test; a test
-    that needs it sets it with monkeypatch after requesting this fixture.
+    The ENV_CLEARED variables are removed for the test; a test that needs
+    D1_DATABASE_PATH sets it with monkeypatch after requesting this fixture.
     """
-    monkeypatch.delenv("D1_DATABASE_PATH", raising=False)
+    for name in ENV_CLEARED:
+        monkeypatch.delenv(name, raising=False)
 
     def run(argv: Sequence[str], cwd: Optional[Union[str, Path]] = None) -> CliResult:
         monkeypatch.chdir(str(cwd if cwd is not None else project))
@@ -84,13 +90,14 @@ def run_subprocess(project: Path) -> Callable[..., CliResult]:
 
     Runs ``python apply_migrations.py *argv`` as a real process.  env, when
     given, is added to a copy of os.environ; a value of None removes that
-    variable.  D1_DATABASE_PATH is removed unless env sets it.
+    variable.  The ENV_CLEARED variables are removed unless env sets them.
     """
 
     def run(argv: Sequence[str], cwd: Optional[Union[str, Path]] = None,
             env: Optional[dict] = None) -> CliResult:
         environ = dict(os.environ)
-        environ.pop("D1_DATABASE_PATH", None)
+        for name in ENV_CLEARED:
+            environ.pop(name, None)
         environ["PYTHONIOENCODING"] = "utf-8"
         for key, value in (env or {}).items():
             if value is None:
@@ -109,3 +116,17 @@ def run_subprocess(project: Path) -> Callable[..., CliResult]:
                 proc.stderr.decode("utf-8", "replace"))
 
     return run
+
+
+@pytest.fixture(scope="session")
+def wrangler_bin() -> str:
+    """The wrangler executable: $WRANGLER, else the copy `.ci/run` installs in
+    .cache/wrangler; the test is skipped when neither (or Node) is there."""
+    candidate = os.environ.get("WRANGLER") or str(
+        REPO_ROOT / ".cache" / "wrangler" / "node_modules" / ".bin" / "wrangler")
+    import shutil
+    if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)
+            and shutil.which("node")):
+        pytest.skip("wrangler not installed: run `npm install --prefix .cache/wrangler"
+                    " wrangler@4.86.0` (needs Node 20+) to run the D1 tests")
+    return candidate

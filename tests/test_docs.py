@@ -70,7 +70,7 @@ def make_sandbox(root: Path) -> Tuple[Path, dict]:
     for name in ("apply_migrations.py", "Makefile", "requirements.txt",
                  "requirements-dev.txt"):
         shutil.copy2(REPO / name, work / name)
-    for folder in ("migrations", "bench"):
+    for folder in ("migrations", "bench", "examples"):
         if (REPO / folder).is_dir():
             shutil.copytree(REPO / folder, work / folder,
                             ignore=shutil.ignore_patterns("results", "__pycache__"))
