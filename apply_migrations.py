@@ -274,6 +274,7 @@ _HEAD_TOKEN = re.compile(
 _TRIGGER_END = re.compile(
     rf"(?:[ \t\n\f\r;]|{_COMMENT})*[Ee][Nn][Dd](?![{_ID_CHAR}])(?:[ \t\n\f\r]|{_COMMENT})*(;|\Z)"
 )
+_IDENTIFIER = re.compile(rf"[{_ID_CHAR}]+\Z")
 _UNTERMINATED = {
     "'": "unterminated string literal",
     '"': 'unterminated "quoted" identifier',
@@ -1504,6 +1505,28 @@ class D1Unsure(D1Error):
     connection, a 5xx): only the tracking table can tell whether it ran."""
 
 
+def d1_sql(statement: Statement) -> str:
+    """A statement as sent to D1.  D1's server-side splitter, which sees
+    each batch entry too, has cut trigger bodies whose BEGIN or END is not in
+    upper case ("incomplete input"): upper-case those two words of a
+    CREATE TRIGGER.  SQLite reads keywords in any case, so nothing else
+    changes; the file and its checksum are untouched."""
+    if statement.keyword != "CREATE":
+        return statement.sql
+    sql = statement.sql
+    words = [m for m in _HEAD_TOKEN.finditer(sql) if _IDENTIFIER.match(m.group())]
+    lowered = [m.group().lower() for m in words[:3]]
+    if "trigger" not in lowered[1:3] or (lowered[1] != "trigger" and
+                                         lowered[1] not in ("temp", "temporary")):
+        return sql
+    begin = next((m for m in words if m.group().lower() == "begin"), None)
+    end = next((m for m in reversed(words) if m.group().lower() == "end"), None)
+    if begin is None or end is None or end.start() < begin.start():
+        return sql
+    return (sql[:begin.start()] + "BEGIN" + sql[begin.end():end.start()] + "END"
+            + sql[end.end():])
+
+
 class D1Client:
     """POSTs SQL to D1's /query and /raw endpoints with urllib.
 
@@ -1684,7 +1707,7 @@ class D1RemoteMigrator(Migrator):
         return numbered
 
     def _entries(self, migration: Migration, numbered: Prepared) -> List["tuple[str, list]"]:
-        entries = [(statement.sql, []) for _, statement in numbered]
+        entries = [(d1_sql(statement), []) for _, statement in numbered]
         entries.append((SQL_INSERT_APPLIED.format(table=self.table),
                         [migration.version, migration.name, migration.checksum,
                          utc_now(), 0.0]))
@@ -1709,7 +1732,7 @@ class D1RemoteMigrator(Migrator):
         with batches that are always rolled back (each replaying `before`,
         the entries that ran ahead of this migration in the same batch)."""
         before = list(before)
-        entries = [(s.sql, []) for _, s in numbered]
+        entries = [(d1_sql(s), []) for _, s in numbered]
         if self._rolled_back_on_purpose(before + entries) is None:
             return MigrationFailed(migration.name, migration.path,
                                    f"{error} (recording it in {TRACKING_TABLE} failed)",
@@ -1731,9 +1754,11 @@ class D1RemoteMigrator(Migrator):
               on_applied=None, on_backup=None) -> ApplyResult:
         if backup:
             self.backup(backup_path)
-        applied = (self._read_applied() or {}) if dry_run else self._ensure_tracking_table()
-        pending = self.plan(applied, target, allow_out_of_order)
+        # Every check before the first write: a refused run sends nothing.
+        pending = self.plan(self._read_applied() or {}, target, allow_out_of_order)
         prepared = [(m, self._prepare_for_d1(m)) for m in pending]
+        if not dry_run:
+            self._ensure_tracking_table()
         done: List[Migration] = []
         if not prepared:
             return ApplyResult(done, None)
@@ -1810,6 +1835,7 @@ class D1RemoteMigrator(Migrator):
                 if attempt == self.client.retries:
                     raise MigrationFailed(migration.name, migration.path,
                                           f"{unsure}; it was not applied") from None
+                time.sleep(self.client.backoff * 2 ** attempt)
                 continue
             except D1Error as exc:
                 applied = self._read_applied() or {}
@@ -1830,16 +1856,17 @@ class D1RemoteMigrator(Migrator):
     def rollback(self, version: Optional[str] = None, force: bool = False) -> RollbackResult:
         row = self._choose_rollback(self._read_applied() or {}, version, force)
         down, numbered = self._down_script(row)
-        entries = [(s.sql, []) for _, s in numbered]
+        entries = [(d1_sql(s), []) for _, s in numbered]
         entries.append((SQL_DELETE_APPLIED.format(table=self.table), [row.version]))
         if self._wrangler is not None:
             entries.append((SQL_DELETE_WRANGLER.format(table=self._wrangler),
                             [row.name + ".sql"]))
         try:
             self.client.batch(entries)
-        except D1Unsure:
+        except D1Unsure as unsure:
             if int(row.version) in (self._read_applied() or {}):
-                raise
+                raise D1Error(f"{unsure}; D1 did not roll back {row.name}, it is still"
+                              " applied: run rollback again") from None
         except D1Error as exc:
             if down is None:
                 raise
