@@ -6,6 +6,13 @@
 #   make migrate ARGS=--foreign-keys       (any further options of the command)
 PYTHON ?= python3
 ENV ?= dev
+# POSIX shells use an environment variable ENV for their start-up file: take
+# ENV from the environment only when it names one of this tool's environments.
+ifeq ($(origin ENV),environment)
+ifeq ($(filter dev production,$(ENV)),)
+override ENV := dev
+endif
+endif
 DB ?=
 MIGRATIONS_DIR ?= migrations
 NAME ?=

@@ -34,7 +34,8 @@ TRACKING_TABLE = "schema_migrations"
 TRACKING_COLUMNS = ("version", "name", "checksum", "applied_at", "duration_ms")
 
 # <digits>_<description>.sql; the digits, as written, are the version.
-MIGRATION_FILENAME = re.compile(r"(\d+)_(.+)\.sql\Z", re.DOTALL)
+MIGRATION_FILENAME = re.compile(r"([0-9]+)_(.+)\.sql\Z", re.DOTALL)
+VERSION_TEXT = re.compile(r"[0-9]+\Z")
 # Down scripts live in a sub-folder so that tools which apply every *.sql in
 # the migrations folder (wrangler among them) never run one by accident.
 DOWN_DIR = "down"
@@ -497,6 +498,10 @@ def discover(migrations_dir: str) -> "tuple[List[Migration], List[str]]":
                 " not match NNNN_description.sql"
             )
             continue
+        if not _is_utf8_name(entry.name):
+            raise MigrationFileError(
+                f"The file name {os.path.join(migrations_dir, entry.name)!r} is not valid"
+                " UTF-8, so it cannot be recorded; rename the file. Nothing was applied.")
         migration = Migration(
             match.group(1), entry.name[:-4], os.path.join(migrations_dir, entry.name)
         )
@@ -510,6 +515,16 @@ def discover(migrations_dir: str) -> "tuple[List[Migration], List[str]]":
         migrations.append(migration)
     migrations.sort(key=lambda m: m.number)
     return migrations, warnings
+
+
+def _is_utf8_name(name: str) -> bool:
+    """False for a file name whose bytes are not UTF-8 (Python decodes them
+    to lone surrogates, which neither SQLite nor JSON can store)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _sqlite_uri(path: str, mode: str) -> str:
@@ -556,14 +571,20 @@ class WranglerDatabase(NamedTuple):
     migrations_table: str
 
 
-_JSONC_NOISE = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/|,(?=\s*[}\]])', re.DOTALL)
+_JSONC_COMMENT = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
+_JSONC_TRAILING_COMMA = re.compile(r'"(?:\\.|[^"\\])*"|,(?=\s*[}\]])')
 
 
 def _parse_jsonc(text: str) -> dict:
-    """JSON with comments and trailing commas, as wrangler.jsonc allows."""
+    """JSON with comments and trailing commas, as wrangler.jsonc allows.
+    Comments go first, so that a comma before a comment counts as trailing."""
     import json
-    return json.loads(_JSONC_NOISE.sub(
-        lambda m: m.group(0) if m.group(0).startswith('"') else "", text))
+
+    def keep_strings(match):
+        return match.group(0) if match.group(0).startswith('"') else ""
+
+    text = _JSONC_COMMENT.sub(keep_strings, text)
+    return json.loads(_JSONC_TRAILING_COMMA.sub(keep_strings, text))
 
 
 _TOML_KEY_VALUE = re.compile(
@@ -581,7 +602,7 @@ def _parse_toml_subset(text: str) -> dict:
         if not line or line.startswith("#"):
             continue
         if line.startswith("["):
-            header = line.split("#", 1)[0].strip()
+            header = re.sub(r"\s+", "", line.split("#", 1)[0])
             if header == "[[d1_databases]]":
                 current = {}
                 root.setdefault("d1_databases", []).append(current)
@@ -671,11 +692,26 @@ def wrangler_database(config_path: str, database: Optional[str] = None,
 # What Cloudflare D1 rejects or treats differently, found before deploy.
 
 D1_MAX_STATEMENT_BYTES = 100_000
-_D1_UNAUTHORIZED_PRAGMA = re.compile(
-    r"PRAGMA\s+(?:\w+\s*\.\s*)?(journal_mode|user_version)\b", re.IGNORECASE)
+# D1 authorizes only these PRAGMAs (checked against D1's engine) and answers
+# "not authorized" to the rest (journal_mode, user_version, synchronous, ...).
+D1_PRAGMAS = frozenset((
+    "foreign_keys", "defer_foreign_keys", "foreign_key_check", "foreign_key_list",
+    "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo",
+    "index_list", "quick_check", "optimize", "case_sensitive_like",
+    "recursive_triggers", "legacy_alter_table", "ignore_check_constraints",
+    "reverse_unordered_selects",
+))
+_PRAGMA_NAME = re.compile(r"PRAGMA\s+(?:\w+\s*\.\s*)?(\w+)", re.IGNORECASE)
+# Every spelling SQLite reads as "off" (sqlite3GetBoolean), quoted or not.
 _FOREIGN_KEYS_OFF = re.compile(
     r"PRAGMA\s+(?:\w+\s*\.\s*)?foreign_keys\s*(?:=\s*|\(\s*)"
-    r"(?:0|off|false|no|'off'|'0'|\"off\")\s*\)?\s*;?\s*\Z", re.IGNORECASE)
+    r"(['\"]?)(?:0+|off|false|no)\1\s*\)?\s*;?\s*\Z", re.IGNORECASE)
+_TEMP_OBJECT = re.compile(
+    r"CREATE\s+(?:TEMP(?:ORARY)?\s+(TABLE|VIEW|TRIGGER)\b"
+    r"|(?:UNIQUE\s+)?(TABLE|VIEW|TRIGGER|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"[\"`\[]?temp[\"`\]]?\s*\.)", re.IGNORECASE)
+# The only wrapper wrangler removes: exactly this text, case and all.
+WRANGLER_WRAPPER = ("BEGIN TRANSACTION;", "COMMIT;")
 _CF_RESERVED_NAME = re.compile(
     r"(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:UNIQUE\s+)?(?:VIRTUAL\s+)?"
     r"(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
@@ -702,22 +738,28 @@ def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
 
     wrapped = (len(statements) >= 2 and statements[0].keyword == "BEGIN"
                and statements[-1].keyword in ("COMMIT", "END"))
+    exact_wrapper = wrapped and (statements[0].sql, statements[-1].sql) == WRANGLER_WRAPPER
     for index, statement in enumerate(statements):
         keyword, sql = statement.keyword, statement.sql
         if keyword in TRANSACTION_KEYWORDS:
-            if wrapped and index in (0, len(statements) - 1):
+            if wrapped and index in (0, len(statements) - 1) and exact_wrapper:
                 add("warning", statement, "transaction-wrapper",
                     f"{keyword} around the whole file: D1 rejects it, but this tool"
-                    " and wrangler remove such a wrapper before sending the file")
+                    " and wrangler remove exactly this wrapper before sending the file")
+            elif wrapped and index in (0, len(statements) - 1):
+                add("error", statement, "transaction-statement",
+                    f"{keyword} around the whole file: D1 rejects it, and wrangler removes"
+                    " only the exact text `BEGIN TRANSACTION;` ... `COMMIT;`; drop the"
+                    " wrapper (each migration already runs in a transaction)")
             else:
                 add("error", statement, "transaction-statement",
                     f"{keyword} is rejected by D1, which runs each migration in its own"
                     " transaction; remove it")
         elif keyword == "PRAGMA":
-            unauthorized = _D1_UNAUTHORIZED_PRAGMA.match(sql)
-            if unauthorized:
+            name = _PRAGMA_NAME.match(sql)
+            if name and name.group(1).lower() not in D1_PRAGMAS:
                 add("error", statement, "unauthorized-pragma",
-                    f"PRAGMA {unauthorized.group(1).lower()} is not authorized on D1;"
+                    f"PRAGMA {name.group(1).lower()} is not authorized on D1;"
                     " remove it")
             elif _FOREIGN_KEYS_OFF.match(sql):
                 add("error", statement, "foreign-keys-off",
@@ -733,6 +775,12 @@ def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
                 f"the statement is {size:,} bytes; D1 refuses statements over"
                 f" {D1_MAX_STATEMENT_BYTES:,} bytes, split it (e.g. one INSERT per"
                 " batch of rows)")
+        temporary = _TEMP_OBJECT.match(sql) if keyword == "CREATE" else None
+        if temporary:
+            kind = (temporary.group(1) or temporary.group(2)).upper()
+            add("error", statement, "temporary-object",
+                f"D1 does not allow TEMP {kind}s; create a regular one, or drop it at"
+                " the end of the migration")
         reserved = _CF_RESERVED_NAME.match(sql) if keyword in ("CREATE", "ALTER") else None
         if reserved:
             add("error", statement, "reserved-name",
@@ -767,7 +815,7 @@ def check_folder(migrations_dir: str) -> "tuple[List[Migration], List[Finding]]"
         if not name.lower().endswith(".sql") or not os.path.isfile(path):
             continue
         match = MIGRATION_FILENAME.match(name)
-        if not match:
+        if not match or not _is_utf8_name(name):
             findings.append(Finding(
                 "error", path, None, "bad-name",
                 "the name does not match NNNN_description.sql: apply_migrations.py"
@@ -852,6 +900,7 @@ class Migrator:
         self._migrations: Optional[List[Migration]] = None
         self._stop_signal: Optional[int] = None
         self._data_version: Optional[int] = None
+        self._applied: Applied = {}  # as last read, inside the write lock
         self._foreign_keys_default = 0
         # What the progress handler reports while a statement runs long.
         self._running: Optional[tuple] = None
@@ -893,7 +942,11 @@ class Migrator:
                     f"the folder {os.path.dirname(path) or folder} of database {path}"
                     " does not exist"
                 )
-            target = _sqlite_uri(path, "ro" if readonly else "rwc")
+            # A journal left by a crash must be rolled back before anything can
+            # be read, which a read-only connection cannot do: then open
+            # read-write, still without creating anything.
+            hot = readonly and os.path.exists(path + "-journal")
+            target = _sqlite_uri(path, "rw" if hot else "ro" if readonly else "rwc")
         try:
             conn = sqlite3.connect(
                 target,
@@ -931,7 +984,10 @@ class Migrator:
         """
         conn = self._conn
         assert conn is not None
-        self._execute_admin("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if immediate:
+            self._lock()
+        else:
+            self._execute_admin("BEGIN")
         try:
             yield conn
         except BaseException:
@@ -939,6 +995,32 @@ class Migrator:
                 conn.execute("ROLLBACK")
             raise
         self._execute_admin("COMMIT" if commit else "ROLLBACK")
+
+    def _lock(self) -> None:
+        """BEGIN IMMEDIATE: take the write lock, waiting for another writer
+        up to lock_timeout in short steps, so that Ctrl-C is noticed while
+        waiting (SQLite's own busy wait would hold the signal until it ends)."""
+        conn = self._conn
+        assert conn is not None
+        deadline = time.monotonic() + self.lock_timeout
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise _describe_sqlite_error(exc, self.db_path) or exc from None
+                self.check_stop()
+                if time.monotonic() >= deadline:
+                    raise DatabaseWriteError(
+                        f"Database {self.db_path} stayed locked by another process for"
+                        f" {self.lock_timeout:g} s (--lock-timeout); nothing was changed."
+                        " Retry when the other migration run or program has finished.")
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
 
     def _execute_admin(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         """Run the tool's own SQL; database-level failures become one clear error."""
@@ -961,16 +1043,20 @@ class Migrator:
     # -- interruption and progress ------------------------------------------
 
     def request_stop(self, signum: int) -> None:
-        """Signal handler: roll back the current migration and stop.
+        """Signal handler: stop at the next safe point.
 
-        Raising here stops Python code at once; inside a running statement
-        SQLite's progress handler aborts the statement instead, and the loop
-        turns that into the same Interrupted error.  Later signals are
-        ignored while the first one unwinds.
+        It only takes note: a running statement is aborted by SQLite's
+        progress handler, and the loops check between statements and
+        between migrations, so the migration in progress is rolled back and
+        one that has committed is counted as applied.  Later signals change
+        nothing.
         """
         if self._stop_signal is None:
             self._stop_signal = signum
-            raise Interrupted(signum)
+
+    def check_stop(self) -> None:
+        if self._stop_signal is not None:
+            raise Interrupted(self._stop_signal)
 
     def _progress(self) -> bool:
         """SQLite's progress handler: True aborts the running statement."""
@@ -1043,7 +1129,8 @@ class Migrator:
         applied: Applied = {}
         for raw in self._fetch(SQL_SELECT_APPLIED.format(table=self.table)):
             row = AppliedRow(*raw)
-            if not isinstance(row.version, str) or not row.version.isdigit() or None in raw:
+            if not isinstance(row.version, str) or not VERSION_TEXT.match(row.version) \
+                    or None in raw:
                 raise TrackingTableError(
                     f"Table {TRACKING_TABLE} in {self.db_path} has an invalid row"
                     f" {tuple(raw)!r}: version must be digits and no column may be"
@@ -1059,14 +1146,16 @@ class Migrator:
             applied[int(row.version)] = row
         return applied
 
-    def _refresh_applied(self) -> Optional[Applied]:
-        """Inside the write lock: the tracking rows again if another connection
-        has committed since they were last read (PRAGMA data_version), else None."""
+    def _refresh_applied(self) -> bool:
+        """Inside the write lock: re-read the tracking rows if another
+        connection has committed since they were last read (PRAGMA
+        data_version changes then); True if it had."""
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]  # type: ignore[union-attr]
         if version == self._data_version:
-            return None
+            return False
         self._data_version = version
-        return self._read_applied() or {}
+        self._applied = self._read_applied() or {}
+        return True
 
     def status(self) -> List[MigrationStatus]:
         """Every migration's state, files and records merged, by number.
@@ -1105,7 +1194,7 @@ class Migrator:
         for item in candidates:
             if wanted == item.name or wanted == item.version:
                 return item
-        if wanted.isdigit():
+        if VERSION_TEXT.match(wanted):
             for item in candidates:
                 if int(item.version) == int(wanted):
                     return item
@@ -1226,6 +1315,15 @@ class Migrator:
         """
         self.migrations()
         self._connect(memory=dry_run and not os.path.exists(self.db_path))
+        if self.foreign_keys:
+            # Checked after each migration, so it must hold before the first:
+            # otherwise old orphans would be blamed on the next migration.
+            broken = self._foreign_key_violations()
+            if broken:
+                raise MigrationError(
+                    f"Database {self.db_path} already has rows whose foreign keys point"
+                    f" nowhere ({broken}) before any migration ran; --foreign-keys checks"
+                    " after each migration, so fix these rows first. Nothing was applied.")
         done: List[Migration] = []
         current: Optional[Migration] = None
         whole_run = single_transaction or dry_run
@@ -1250,14 +1348,17 @@ class Migrator:
                     pending = self.plan(self._ensure_tracking_table(), target,
                                         allow_out_of_order)
                     prepared = [(m, self._prepare(m)) for m in pending]
+                    if not self.foreign_keys:
+                        self._refuse_leading_foreign_keys(prepared, dry_run)
                     for current, statements in prepared:
                         report(self._run(current, statements), len(prepared))
                     current = None
+                    self.check_stop()
                 return ApplyResult(done, copied)
 
             with self.transaction(immediate=True):
-                pending = self.plan(self._ensure_tracking_table(), target,
-                                    allow_out_of_order)
+                self._applied = self._ensure_tracking_table()
+                pending = self.plan(self._applied, target, allow_out_of_order)
                 self._data_version = self._conn.execute(  # type: ignore[union-attr]
                     "PRAGMA data_version").fetchone()[0]
             # Check every pending file before running any: a bad file
@@ -1272,10 +1373,12 @@ class Migrator:
                 if on_backup:
                     on_backup(copied)
             for current, statements in prepared:
+                self.check_stop()
                 duration = self._apply_one(current, statements, target, allow_out_of_order)
                 if duration is not None:
                     report(duration, len(prepared))
-                current = None
+                current = None  # committed: a signal from here on stops before the next
+            self.check_stop()
             return ApplyResult(done, copied)
         except Interrupted as exc:
             exc.current = current.name if current else None
@@ -1297,26 +1400,38 @@ class Migrator:
         # PRAGMA foreign_keys is a no-op inside a transaction, so a file that
         # starts with it (the table-rebuild recipe) gets it before BEGIN, as
         # SQLite documents.  D1 ignores it; so does --foreign-keys.
-        hoisted = 0
-        if not self.foreign_keys:
-            while (hoisted < len(statements) and statements[hoisted][1].keyword == "PRAGMA"
-                   and _FOREIGN_KEYS_PRAGMA.match(statements[hoisted][1].sql)):
-                hoisted += 1
+        hoisted = 0 if self.foreign_keys else _leading_foreign_keys_pragmas(statements)
         try:
             if hoisted:
                 self._execute_statements(migration, statements[:hoisted])
             with self.transaction(immediate=True):
                 changed = self._refresh_applied()
-                if changed is not None:
-                    # Another process migrated meanwhile: follow what it did.
-                    if migration.number in changed:
-                        return None
-                    self.plan(changed, target, allow_out_of_order)
+                # Another process may have migrated meanwhile: follow what it did.
+                if migration.number in self._applied:
+                    return None
+                if changed:
+                    self.plan(self._applied, target, allow_out_of_order)
                 return self._run(migration, statements, skip=hoisted)
         finally:
             if hoisted:
                 self._conn.execute(  # type: ignore[union-attr]
                     f"PRAGMA foreign_keys = {self._foreign_keys_default}")
+
+    @staticmethod
+    def _refuse_leading_foreign_keys(prepared: List["tuple[Migration, Prepared]"],
+                                     dry_run: bool) -> None:
+        """One transaction for the whole run cannot honour a file's leading
+        PRAGMA foreign_keys (SQLite ignores it inside a transaction), so it
+        would not do what a normal apply does: say so instead."""
+        for migration, statements in prepared:
+            if _leading_foreign_keys_pragmas(statements):
+                number, statement = statements[0]
+                option = "--dry-run" if dry_run else "--single-transaction"
+                raise MigrationFailed(
+                    migration.name, migration.path,
+                    f"it starts with PRAGMA foreign_keys, which SQLite honours only"
+                    f" outside a transaction, so {option} cannot run it as apply does;"
+                    f" apply without {option}", number, statement.line, statement.sql)
 
     def _prepare(self, migration: Migration) -> Prepared:
         """Split a file and refuse transaction control inside it.
@@ -1349,14 +1464,18 @@ class Migrator:
             if not instrumented:
                 for number, statement in statements:
                     execute(statement.sql)
+                    if self._stop_signal is not None:
+                        raise Interrupted(self._stop_signal)
                 return
             for number, statement in statements:
+                self.check_stop()
                 started = time.perf_counter()
                 if self.on_slow_statement is not None:
                     self._running = (migration.name, number, statement.line, started)
                     self._next_tick = started + SLOW_STATEMENT_SECONDS
                 execute(statement.sql)
                 self._running = None
+                self.check_stop()
                 if self.log is not None:
                     self.log(_describe_statement(migration.name, number, statement,
                                                  time.perf_counter() - started))
@@ -1389,15 +1508,21 @@ class Migrator:
                                 (migration.filename,))
         return duration_ms
 
-    def _check_foreign_keys(self, migration: Migration) -> None:
+    def _foreign_key_violations(self) -> Optional[str]:
+        """PRAGMA foreign_key_check, as text for a message; None if clean."""
         broken = self._conn.execute("PRAGMA foreign_key_check").fetchall()  # type: ignore[union-attr]
+        if not broken:
+            return None
+        shown = ", ".join(f"{table} rowid {rowid} -> {parent}"
+                          for table, rowid, parent, _ in broken[:5])
+        return shown + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+
+    def _check_foreign_keys(self, migration: Migration) -> None:
+        broken = self._foreign_key_violations()
         if broken:
-            shown = ", ".join(f"{table} rowid {rowid} -> {parent}"
-                              for table, rowid, parent, _ in broken[:5])
-            more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
             raise MigrationFailed(
                 migration.name, migration.path,
-                f"it leaves rows whose foreign keys point nowhere: {shown}{more}"
+                f"it leaves rows whose foreign keys point nowhere: {broken}"
                 " (PRAGMA foreign_key_check; D1 enforces foreign keys)",
             )
 
@@ -1456,6 +1581,15 @@ class Migrator:
         except MigrationFailed as exc:
             raise MigrationFailed(row.name, exc.path, exc.reason, exc.statement,
                                   exc.line, exc.sql, action="roll back") from None
+
+
+def _leading_foreign_keys_pragmas(statements: Prepared) -> int:
+    """How many statements at the start of a file are PRAGMA foreign_keys."""
+    count = 0
+    while (count < len(statements) and statements[count][1].keyword == "PRAGMA"
+           and _FOREIGN_KEYS_PRAGMA.match(statements[count][1].sql)):
+        count += 1
+    return count
 
 
 def _describe_statement(name: str, number: int, statement: Statement, seconds: float) -> str:
@@ -1578,7 +1712,7 @@ class D1Client:
             if status == 429 or status >= 500:
                 delay = exc.headers.get("Retry-After") if exc.headers else None
                 raise _Transient(f"HTTP {status} from D1", maybe_ran=status != 429,
-                                 delay=float(delay) if delay and delay.isdigit() else None)
+                                 delay=float(delay) if delay and VERSION_TEXT.match(delay) else None)
         except urllib.error.URLError as exc:
             reason = exc.reason
             never_sent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))
@@ -1942,7 +2076,7 @@ def _escape_workflow(text: str, property_value: bool = False) -> str:
 
 
 def _markdown_cell(value: object) -> str:
-    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+    return "" if value is None else " ".join(str(value).replace("|", "\\|").splitlines())
 
 
 class Console:
@@ -2020,8 +2154,9 @@ class Console:
         self._end_tick()
         if self.github:
             self.annotate(exc)
-        text = str(exc) if isinstance(exc, Interrupted) else \
-            f"{self.paint('Error:', '31', sys.stderr)} {exc}"
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # one line
+        text = message if isinstance(exc, Interrupted) else \
+            f"{self.paint('Error:', '31', sys.stderr)} {message}"
         print(self.redact(text), file=sys.stderr, flush=True)
         if self.json:
             self.emit({**self.partial, "error": error_payload(exc)})
@@ -2029,8 +2164,16 @@ class Console:
     def annotate(self, exc: MigrationError) -> None:
         """A workflow command that puts the error on the file and line in the
         pull request."""
+        title = "Migration failed" if isinstance(exc, MigrationFailed) else \
+            "apply_migrations.py failed"
+        self.workflow_command("error", str(exc), getattr(exc, "path", None),
+                              getattr(exc, "line", None), title)
+
+    def workflow_command(self, kind: str, message: str, path: Optional[str],
+                         line: Optional[int], title: str) -> None:
+        """`::error file=…,line=…,title=…::message`, the file relative to the
+        workspace as GitHub needs it to mark the line in a pull request."""
         props = []
-        path = getattr(exc, "path", None)
         if path:
             workspace = os.environ.get("GITHUB_WORKSPACE") or os.getcwd()
             try:
@@ -2038,11 +2181,11 @@ class Console:
             except ValueError:  # another drive on Windows
                 pass
             props.append(f"file={_escape_workflow(path.replace(os.sep, '/'), True)}")
-            if getattr(exc, "line", None):
-                props.append(f"line={exc.line}")  # type: ignore[attr-defined]
-        props.append("title=Migration failed")
+            if line:
+                props.append(f"line={line}")
+        props.append(f"title={_escape_workflow(title, True)}")
         stream = sys.stderr if self.json else sys.stdout
-        print(f"::error {','.join(props)}::{_escape_workflow(str(exc))}",
+        print(f"::{kind} {','.join(props)}::{_escape_workflow(self.redact(message))}",
               file=stream, flush=True)
 
     def step_summary(self, title: str, header: List[str], rows: List[List[object]]) -> None:
@@ -2319,13 +2462,8 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
         color = "31" if f.severity == "error" else "33"
         console.say(f"{where}: {console.paint(f.severity, color)}: {f.message} [{f.code}]")
         if console.github:
-            props = [f"file={_escape_workflow(f.path, True)}"]
-            if f.line:
-                props.append(f"line={f.line}")
-            props.append(f"title=D1 check: {f.code}")
-            stream = sys.stderr if console.json else sys.stdout
-            print(f"::{f.severity} {','.join(props)}::{_escape_workflow(f.message)}",
-                  file=stream)
+            console.workflow_command(f.severity, f.message, f.path, f.line,
+                                     f"D1 check ({f.code})")
     console.say(f"{_plural(len(migrations), 'migration')} checked: {_plural(errors, 'error')},"
                 f" {_plural(warnings, 'warning')}.")
     return EXIT_FAILED if errors else EXIT_OK
@@ -2345,11 +2483,11 @@ def cmd_new(args: argparse.Namespace, console: Console) -> int:
         )
     folder = resolve_migrations_dir(args)
     if os.path.isdir(folder):
-        migrations, _ = discover(folder)
-        # Numbers of misnamed or duplicate files count too: never reuse one.
-        numbers = [m.number for m in migrations] + [
-            int(match.group(1)) for match in
-            (re.match(r"(\d+)_", name) for name in os.listdir(folder)) if match]
+        # Every number in front of a .sql file counts, also of a misnamed or
+        # duplicate one: a number is never reused.
+        numbers = [int(match.group(1)) for match in
+                   (re.match(r"(\d+)", name) for name in os.listdir(folder)
+                    if name.lower().endswith(".sql")) if match]
     else:
         os.makedirs(folder)
         numbers = []
@@ -2362,6 +2500,9 @@ def cmd_new(args: argparse.Namespace, console: Console) -> int:
             handle.write(header)
     except FileExistsError:
         raise MigrationFileError(f"{path} already exists; not overwriting it") from None
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot create {path}: {exc.strerror}; use a shorter description") from None
     if console.json:
         console.emit({"file": path, "version": number, "name": f"{number}_{slug}"})
     elif console.quiet:

@@ -1,0 +1,691 @@
+"""wrangler interop: the wrangler config (TOML with tomllib and with the
+subset reader of Python 3.8-3.10, JSON, JSONC), where wrangler keeps its local
+D1 database (miniflare's object id, preview_database_id, --persist-to), the
+d1_migrations record kept in step with the tool's own, and, against the real
+wrangler (marked `wrangler`), both tools applying, listing and rolling back
+migrations of one project in turn.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, List, Sequence
+
+import pytest
+
+from conftest import ENV_CLEARED, TOOL_PATH, apply_migrations
+from dbhelpers import create_db, query, tables
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "wrangler"))
+import wrangler_cli  # noqa: E402
+from wrangler_cli import (APPLIED, DATABASE_ID, DATABASE_OBJECT_ID, execute_json,  # noqa: E402
+                          fixture_migrations, local_database, migrations_apply,
+                          statuses, to_be_applied, write_project)
+
+STATE = os.path.join(".wrangler", "state", "v3", "d1", "miniflare-D1DatabaseObject")
+NAMES = ["0001_create_users.sql", "0002_create_posts.sql", "0003_seed_users.sql",
+         "0004_add_user_name.sql"]
+DOWN_0004 = "down/0004_add_user_name.sql"
+
+
+def object_id(name: str) -> str:
+    """miniflare's idFromName for the D1DatabaseObject namespace, written out
+    from its description (D1_NOTES.md), independently of the tool."""
+    key = hashlib.sha256(b"miniflare-D1DatabaseObject").digest()
+    a = hmac.new(key, name.encode("utf-8"), hashlib.sha256).digest()[:16]
+    b = hmac.new(key, a, hashlib.sha256).digest()[:16]
+    return (a + b).hex()
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def wrangler_rows(db: Path, table: str = "d1_migrations") -> List[str]:
+    return [r[0] for r in query(db, f'SELECT name FROM "{table}" ORDER BY id')]
+
+
+# --------------------------------------------------------------------------
+# miniflare_object_id
+
+
+def test_object_id_of_a_database_id_is_the_file_name_wrangler_uses():
+    # The file name wrangler 4.86.0 wrote for this database_id.
+    assert apply_migrations.miniflare_object_id(DATABASE_ID) == (
+        "f023adf8de81e80d62670e09f086149af129cccda34c51f26517069258c53e8c")
+    assert DATABASE_OBJECT_ID == object_id(DATABASE_ID)
+
+
+@pytest.mark.parametrize("name", ["DB", "preview-db", "00000000-0000-4000-8000-0000000000d1",
+                                  "base\u00e9-\u6570\u636e"])
+def test_object_id_follows_miniflare_derivation(name):
+    ident = apply_migrations.miniflare_object_id(name)
+    assert ident == object_id(name)
+    assert re.fullmatch(r"[0-9a-f]{64}", ident)
+
+
+# --------------------------------------------------------------------------
+# Reading the config: TOML
+
+
+CONFIG_TOML = """\
+# The Worker
+name = "trading-brain"
+main = "src/index.ts"
+compatibility_date = "2024-09-01"
+compatibility_flags = [
+  "nodejs_compat",
+]
+workers_dev = true
+account_id = 'acc # not a comment'
+
+[vars]
+ENVIRONMENT = "dev"
+database_id = "not-this-one"
+
+[[kv_namespaces]]
+binding = "CACHE"
+id = "0123"
+
+[[d1_databases]]
+binding = "DB"                    # the main database
+database_name = "trading-brain"
+database_id = "11111111-2222-3333-4444-555555555555"
+preview_database_id = 'preview-db'
+migrations_dir = "db/migrations"
+migrations_table = "d1_migrations_custom"
+
+[[d1_databases]]
+binding = "ANALYTICS"
+database_name = "analytics \\"events\\""
+database_id = "22222222-2222-3333-4444-555555555555"
+
+[env.production]
+name = "trading-brain-production"
+
+[[env.production.d1_databases]]
+binding = "DB"
+database_name = "production"
+database_id = "33333333-2222-3333-4444-555555555555"
+"""
+
+EXPECTED_DATABASES = [
+    {"binding": "DB", "database_name": "trading-brain",
+     "database_id": "11111111-2222-3333-4444-555555555555",
+     "preview_database_id": "preview-db", "migrations_dir": "db/migrations",
+     "migrations_table": "d1_migrations_custom"},
+    {"binding": "ANALYTICS", "database_name": 'analytics "events"',
+     "database_id": "22222222-2222-3333-4444-555555555555"},
+]
+
+
+def test_toml_subset_reader_reads_d1_databases():
+    # Every Python runs this: it is what 3.8 to 3.10 use.
+    config = apply_migrations._parse_toml_subset(CONFIG_TOML)
+    assert config["d1_databases"] == EXPECTED_DATABASES
+    assert config["name"] == "trading-brain"
+    assert config["workers_dev"] is True
+    assert config["account_id"] == "acc # not a comment"
+    assert "production" not in json.dumps(config)  # [env.*] tables are not read
+
+
+def test_toml_subset_reader_handles_crlf_and_comments_after_headers():
+    text = ("[[d1_databases]]   # first\r\nbinding = \"DB\"\r\n"
+            "database_id = \"abc\"  # id\r\n")
+    assert apply_migrations._parse_toml_subset(text) == {
+        "d1_databases": [{"binding": "DB", "database_id": "abc"}]}
+
+
+def test_toml_subset_reader_refuses_inline_d1_databases_with_the_line():
+    text = 'name = "x"\nd1_databases = [{ binding = "DB", database_id = "abc" }]\n'
+    with pytest.raises(apply_migrations.ConfigurationError) as info:
+        apply_migrations._parse_toml_subset(text)
+    assert "line 2" in str(info.value) and "[[d1_databases]]" in str(info.value)
+
+
+def test_toml_subset_reader_allows_spaces_inside_the_header():
+    text = '[[ d1_databases ]]\nbinding = "DB"\ndatabase_id = "abc"\n'
+    assert apply_migrations._parse_toml_subset(text) == {
+        "d1_databases": [{"binding": "DB", "database_id": "abc"}]}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is Python 3.11+")
+def test_toml_is_read_with_tomllib_on_311(tmp_path, monkeypatch):
+    path = write(tmp_path / "wrangler.toml", CONFIG_TOML)
+
+    def no_subset(text):  # pragma: no cover - must not be called
+        raise AssertionError("the subset reader was used on Python 3.11+")
+
+    monkeypatch.setattr(apply_migrations, "_parse_toml_subset", no_subset)
+    config = apply_migrations.read_wrangler_config(str(path))
+    assert config["d1_databases"] == EXPECTED_DATABASES
+    assert config["env"]["production"]["d1_databases"][0]["database_name"] == "production"
+    # Inline tables, which only tomllib reads, also work there.
+    inline = write(tmp_path / "inline.toml",
+                   'd1_databases = [{ binding = "DB", database_id = "abc" }]\n')
+    assert apply_migrations.read_wrangler_config(str(inline))["d1_databases"] == [
+        {"binding": "DB", "database_id": "abc"}]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is Python 3.11+")
+def test_subset_reader_agrees_with_tomllib():
+    import tomllib
+    assert (apply_migrations._parse_toml_subset(CONFIG_TOML)["d1_databases"]
+            == tomllib.loads(CONFIG_TOML)["d1_databases"])
+
+
+def test_read_wrangler_config_reads_toml_on_this_python(tmp_path):
+    path = write(tmp_path / "wrangler.toml", CONFIG_TOML)
+    assert apply_migrations.read_wrangler_config(str(path))["d1_databases"] == EXPECTED_DATABASES
+
+
+def test_unparsable_config_is_a_configuration_error(tmp_path, run_cli, project):
+    write(project / "wrangler.toml", '[[d1_databases]]\nbinding = "DB\n')
+    code, out, err = run_cli(["status", "--wrangler-config", "wrangler.toml"])
+    assert code == 2, (out, err)
+    assert err.startswith("Error: ") and "wrangler config" in err
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------
+# Reading the config: JSON and JSONC
+
+
+def test_json_config(tmp_path):
+    path = write(tmp_path / "wrangler.json", json.dumps({
+        "name": "x", "d1_databases": [{"binding": "DB", "database_id": "abc"}]}))
+    assert apply_migrations.read_wrangler_config(str(path))["d1_databases"] == [
+        {"binding": "DB", "database_id": "abc"}]
+
+
+JSONC = """\
+/**
+ * wrangler.jsonc: https://developers.cloudflare.com/workers/wrangler/configuration/
+ */
+{
+  "$schema": "node_modules/wrangler/config-schema.json",
+  "name": "trading-brain", // the Worker
+  "routes": ["example.com/*", "https://example.com/api//v1"],
+  "d1_databases": [
+    /* the main database */
+    {
+      "binding": "DB",
+      "database_name": "a \\"quoted\\" // name /* not a comment */",
+      "database_id": "11111111-2222-3333-4444-555555555555",
+      "migrations_dir": "db/migrations",
+    },
+    {
+      "binding": "OTHER",
+      "database_id": "22222222-2222-3333-4444-555555555555"
+    },
+  ],
+}
+"""
+
+
+def test_jsonc_config_with_comments_and_trailing_commas(tmp_path):
+    path = write(tmp_path / "wrangler.jsonc", JSONC)
+    config = apply_migrations.read_wrangler_config(str(path))
+    assert config["routes"] == ["example.com/*", "https://example.com/api//v1"]
+    assert config["d1_databases"] == [
+        {"binding": "DB", "database_name": 'a "quoted" // name /* not a comment */',
+         "database_id": "11111111-2222-3333-4444-555555555555",
+         "migrations_dir": "db/migrations"},
+        {"binding": "OTHER", "database_id": "22222222-2222-3333-4444-555555555555"},
+    ]
+
+
+def test_jsonc_trailing_comma_followed_by_a_comment(tmp_path):
+    path = write(tmp_path / "wrangler.jsonc", """{
+  "d1_databases": [
+    {
+      "binding": "DB",
+      "database_id": "11111111-2222-3333-4444-555555555555", // the id
+    },
+    /* more later */
+  ],
+}
+""")
+    assert apply_migrations.read_wrangler_config(str(path))["d1_databases"] == [
+        {"binding": "DB", "database_id": "11111111-2222-3333-4444-555555555555"}]
+
+
+# --------------------------------------------------------------------------
+# Finding the database: wrangler_database()
+
+
+def two_databases_toml(extra_db: str = "", extra_analytics: str = "") -> str:
+    return ('name = "x"\n\n[[d1_databases]]\nbinding = "DB"\ndatabase_name = "main-db"\n'
+            f'database_id = "{DATABASE_ID}"\n{extra_db}\n'
+            '[[d1_databases]]\nbinding = "ANALYTICS"\ndatabase_name = "analytics-db"\n'
+            f'database_id = "analytics-id"\n{extra_analytics}')
+
+
+def expected_file(folder: Path, ident: str) -> str:
+    return os.path.join(str(folder), STATE, object_id(ident) + ".sqlite")
+
+
+def test_single_database_needs_no_name(tmp_path):
+    config = write(tmp_path / "wrangler.toml",
+                   f'[[d1_databases]]\nbinding = "DB"\ndatabase_id = "{DATABASE_ID}"\n')
+    found = apply_migrations.wrangler_database(str(config))
+    assert found.db_path == os.path.join(str(tmp_path), STATE, DATABASE_OBJECT_ID + ".sqlite")
+    assert found.migrations_dir == os.path.join(str(tmp_path), "migrations")
+    assert found.migrations_table == "d1_migrations"
+
+
+def test_several_databases_need_database(tmp_path):
+    config = write(tmp_path / "wrangler.toml", two_databases_toml())
+    with pytest.raises(apply_migrations.ConfigurationError) as info:
+        apply_migrations.wrangler_database(str(config))
+    assert "several D1 databases (DB, ANALYTICS)" in str(info.value)
+    assert "--database" in str(info.value)
+    # By binding and by database_name, as wrangler's commands take either.
+    for name in ("ANALYTICS", "analytics-db"):
+        found = apply_migrations.wrangler_database(str(config), name)
+        assert found.db_path == expected_file(tmp_path, "analytics-id")
+    assert apply_migrations.wrangler_database(str(config), "main-db").db_path == \
+        expected_file(tmp_path, DATABASE_ID)
+    with pytest.raises(apply_migrations.ConfigurationError) as info:
+        apply_migrations.wrangler_database(str(config), "nope")
+    assert "no D1 database nope" in str(info.value) and "DB, ANALYTICS" in str(info.value)
+
+
+def test_several_databases_on_the_command_line(project, run_cli, write_migration):
+    write(project / "wrangler.toml", two_databases_toml())
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
+    assert code == 2, (out, err)
+    assert "--database" in err
+    assert not (project / ".wrangler").exists()
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml",
+                              "--database", "ANALYTICS"])
+    assert code == 0, err
+    db = Path(expected_file(project, "analytics-id"))
+    assert tables(db) == ["a", "d1_migrations", "schema_migrations"]
+    assert not Path(expected_file(project, DATABASE_ID)).exists()
+
+
+def test_no_d1_databases_is_an_error(tmp_path):
+    config = write(tmp_path / "wrangler.toml", 'name = "x"\n')
+    with pytest.raises(apply_migrations.ConfigurationError) as info:
+        apply_migrations.wrangler_database(str(config))
+    assert "no D1 database" in str(info.value)
+
+
+@pytest.mark.parametrize("entry,ident", [
+    ('binding = "DB"\ndatabase_id = "db-id"\npreview_database_id = "preview-id"\n', "preview-id"),
+    ('binding = "DB"\npreview_database_id = "preview-id"\ndatabase_id = "db-id"\n', "preview-id"),
+    ('binding = "DB"\ndatabase_id = "db-id"\n', "db-id"),
+    ('binding = "DB"\ndatabase_name = "named"\n', "DB"),
+])
+def test_local_file_is_named_after_preview_id_then_database_id_then_binding(tmp_path, entry,
+                                                                            ident):
+    config = write(tmp_path / "wrangler.toml", "[[d1_databases]]\n" + entry)
+    assert apply_migrations.wrangler_database(str(config)).db_path == \
+        expected_file(tmp_path, ident)
+
+
+def test_migrations_dir_and_table_come_from_the_config(tmp_path):
+    config = write(tmp_path / "app" / "wrangler.toml",
+                   two_databases_toml('migrations_dir = "db/migrations"\n'
+                                      'migrations_table = "schema_history"\n'))
+    found = apply_migrations.wrangler_database(str(config), "DB")
+    # Relative to the config's folder, as wrangler resolves it.
+    assert found.migrations_dir == os.path.join(str(tmp_path / "app"), "db/migrations")
+    assert found.migrations_table == "schema_history"
+    other = apply_migrations.wrangler_database(str(config), "ANALYTICS")
+    assert other.migrations_dir == os.path.join(str(tmp_path / "app"), "migrations")
+    assert other.migrations_table == "d1_migrations"
+
+
+def test_persist_to_replaces_the_state_folder(tmp_path):
+    config = write(tmp_path / "wrangler.toml",
+                   f'[[d1_databases]]\nbinding = "DB"\ndatabase_id = "{DATABASE_ID}"\n')
+    found = apply_migrations.wrangler_database(str(config), None, str(tmp_path / "state"))
+    assert found.db_path == os.path.join(str(tmp_path / "state"), "v3", "d1",
+                                         "miniflare-D1DatabaseObject",
+                                         DATABASE_OBJECT_ID + ".sqlite")
+
+
+def test_status_json_names_the_config_database_and_folder(project, run_cli):
+    write(project / "app" / "wrangler.toml",
+          f'[[d1_databases]]\nbinding = "DB"\ndatabase_id = "{DATABASE_ID}"\n'
+          'migrations_dir = "sql"\n')
+    write(project / "app" / "sql" / "0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    code, out, err = run_cli(["status", "--json", "--wrangler-config", "app/wrangler.toml",
+                              "--persist-to", "state"])
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["database"] == os.path.join("state", "v3", "d1",
+                                               "miniflare-D1DatabaseObject",
+                                               DATABASE_OBJECT_ID + ".sqlite")
+    assert payload["migrations_dir"] == os.path.join("app", "sql")
+    assert [m["name"] for m in payload["migrations"]] == ["0001_a"]
+
+
+def test_command_line_options_override_the_config(project, run_cli, write_migration):
+    write(project / "wrangler.toml",
+          f'[[d1_databases]]\nbinding = "DB"\ndatabase_id = "{DATABASE_ID}"\n'
+          'migrations_dir = "unused"\nmigrations_table = "unused_table"\n')
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml",
+                              "--migrations-dir", "migrations", "--wrangler-table", "mine",
+                              "--db-path", "here.db"])
+    assert code == 0, err
+    assert set(tables(project / "here.db")) == {"a", "mine", "schema_migrations"}
+    assert wrangler_rows(project / "here.db", "mine") == ["0001_a.sql"]
+    assert not (project / ".wrangler").exists()
+
+
+def test_check_reads_the_migrations_dir_of_the_config(project, run_cli):
+    write(project / "wrangler.toml",
+          '[[d1_databases]]\nbinding = "DB"\ndatabase_id = "x"\nmigrations_dir = "sql"\n')
+    write(project / "sql" / "0001_a.sql", "BEGIN;\nCREATE TABLE a (id INTEGER);\n")
+    code, out, err = run_cli(["check", "--wrangler-config", "wrangler.toml"])
+    assert code == 1, (out, err)
+    assert os.path.join("sql", "0001_a.sql") + ":1: error:" in out
+
+
+# --------------------------------------------------------------------------
+# Keeping d1_migrations in step (no wrangler needed)
+
+
+@pytest.fixture
+def wrangler_project(project: Path) -> Path:
+    write(project / "wrangler.toml",
+          f'[[d1_databases]]\nbinding = "DB"\ndatabase_id = "{DATABASE_ID}"\n')
+    return project
+
+
+def test_apply_creates_the_local_file_where_wrangler_keeps_it(wrangler_project, run_cli,
+                                                             write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    write_migration("0002_b.sql", "CREATE TABLE b (id INTEGER);\n")
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
+    assert code == 0, err
+    db = local_database(wrangler_project)
+    assert db.is_file()
+    assert wrangler_rows(db) == ["0001_a.sql", "0002_b.sql"]
+    assert [r[0] for r in query(db, "SELECT version FROM schema_migrations ORDER BY version")] \
+        == ["0001", "0002"]
+    # wrangler's DDL, so wrangler takes the table as its own.
+    ddl = query(db, "SELECT sql FROM sqlite_master WHERE name = 'd1_migrations'")[0][0]
+    assert "id         INTEGER PRIMARY KEY AUTOINCREMENT" in ddl
+    assert "applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL" in ddl
+    for (applied_at,) in query(db, "SELECT applied_at FROM d1_migrations"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", applied_at)
+
+
+def test_custom_migrations_table_from_the_config(project, run_cli, write_migration):
+    write(project / "wrangler.toml",
+          f'[[d1_databases]]\nbinding = "DB"\ndatabase_id = "{DATABASE_ID}"\n'
+          'migrations_table = "schema_history"\n')
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
+    assert code == 0, err
+    db = local_database(project)
+    assert wrangler_rows(db, "schema_history") == ["0001_a.sql"]
+    assert "d1_migrations" not in tables(db)
+
+
+def test_failed_migration_leaves_no_row_in_either_table(wrangler_project, run_cli,
+                                                         write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    write_migration("0002_b.sql", "CREATE TABLE b (id INTEGER);\nINSERT INTO nowhere VALUES (1);\n")
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
+    assert code == 1
+    db = local_database(wrangler_project)
+    assert wrangler_rows(db) == ["0001_a.sql"]
+    assert [r[0] for r in query(db, "SELECT version FROM schema_migrations")] == ["0001"]
+    assert "b" not in tables(db)
+
+
+def test_migrations_recorded_only_by_wrangler_count_as_applied(wrangler_project, run_cli,
+                                                                write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    write_migration("0002_b.sql", "CREATE TABLE b (id INTEGER);\n")
+    db = local_database(wrangler_project)
+    db.parent.mkdir(parents=True)
+    create_db(db, apply_migrations.SQL_CREATE_WRANGLER.format(table="d1_migrations") + ";"
+              "CREATE TABLE a (id INTEGER);"
+              "INSERT INTO d1_migrations (name) VALUES ('0001_a.sql');")
+    code, out, err = run_cli(["status", "--json", "--wrangler-config", "wrangler.toml"])
+    assert code == 0, err
+    assert [(m["name"], m["state"]) for m in json.loads(out)["migrations"]] == [
+        ("0001_a", "applied"), ("0002_b", "pending")]
+    code, out, err = run_cli(["apply", "--json", "--wrangler-config", "wrangler.toml"])
+    assert code == 0, err
+    assert [a["name"] for a in json.loads(out)["applied"]] == ["0002_b"]
+    assert wrangler_rows(db) == ["0001_a.sql", "0002_b.sql"]
+
+
+def test_apply_backfills_wrangler_rows_for_earlier_runs(wrangler_project, run_cli,
+                                                        write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    write_migration("0002_b.sql", "CREATE TABLE b (id INTEGER);\n")
+    db = local_database(wrangler_project)
+    db.parent.mkdir(parents=True)
+    # Applied before wrangler's table was kept: plain --db-path.
+    code, out, err = run_cli(["apply", "--db-path", str(db)])
+    assert code == 0, err
+    assert "d1_migrations" not in tables(db)
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
+    assert code == 0, err
+    assert wrangler_rows(db) == ["0001_a.sql", "0002_b.sql"]
+
+
+def test_rollback_removes_both_rows(wrangler_project, run_cli, write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    write_migration("0002_b.sql", "CREATE TABLE b (id INTEGER);\n")
+    write_migration("0002_b.sql", "DROP TABLE b;\n", folder="migrations/down")
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
+    assert code == 0, err
+    code, out, err = run_cli(["rollback", "--wrangler-config", "wrangler.toml"])
+    assert code == 0, err
+    db = local_database(wrangler_project)
+    assert wrangler_rows(db) == ["0001_a.sql"]
+    assert [r[0] for r in query(db, "SELECT version FROM schema_migrations")] == ["0001"]
+    assert "b" not in tables(db)
+
+
+def test_wrangler_flag_with_db_path(project, run_cli, write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    code, out, err = run_cli(["apply", "--wrangler", "--db-path", "x.db"])
+    assert code == 0, err
+    assert wrangler_rows(project / "x.db") == ["0001_a.sql"]
+
+
+# --------------------------------------------------------------------------
+# Against the real wrangler: both tools on one project.
+
+
+def tool(argv: Sequence[str], cwd: Path) -> "tuple[int, str, str]":
+    """The tool as a subprocess (module-scoped fixtures cannot use run_cli)."""
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    for name in ENV_CLEARED:
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, str(TOOL_PATH)] + list(argv), cwd=str(cwd),
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    return proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")
+
+
+def user_schema(db: Path) -> List[tuple]:
+    """sqlite_master without SQLite's, D1's (_cf_*) and the tracking tables."""
+    return sorted(query(db, (
+        "SELECT type, name, tbl_name, sql FROM sqlite_master"
+        " WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!' AND substr(name, 1, 4) <> '_cf_'"
+        " AND tbl_name NOT IN ('d1_migrations', 'schema_migrations')")), key=repr)
+
+
+def user_data(db: Path) -> Dict[str, List[tuple]]:
+    return {t: sorted(query(db, f"SELECT * FROM {t}"), key=repr) for t in ("users", "posts")}
+
+
+def journal_mode(db: Path) -> str:
+    with closing(sqlite3.connect(str(db))) as conn:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory) -> SimpleNamespace:
+    """All four migrations applied by the tool to a plain SQLite file."""
+    root = write_project(tmp_path_factory.mktemp("plain"), fixture_migrations(*NAMES))
+    code, out, err = tool(["apply", "--db-path", "plain.db"], root)
+    assert code == 0, err
+    return SimpleNamespace(schema=user_schema(root / "plain.db"),
+                           data=user_data(root / "plain.db"))
+
+
+@pytest.fixture(scope="module")
+def wrangler_then_tool(wrangler_bin, tmp_path_factory) -> SimpleNamespace:
+    """(a) wrangler applies 0001-0002, then the tool applies 0003-0004."""
+    root = write_project(tmp_path_factory.mktemp("wrangler_first"),
+                         fixture_migrations(*NAMES[:2]))
+    first = migrations_apply(wrangler_bin, root)
+    assert first.returncode == 0, first.describe()
+    state = root / STATE
+    files_after_wrangler = sorted(p.name for p in state.glob("*.sqlite"))
+    db = local_database(root)
+    mode_after_wrangler = journal_mode(db)
+    write_project(root, fixture_migrations(*NAMES[2:], DOWN_0004))
+    status = tool(["status", "--json", "--wrangler-config", "wrangler.toml"], root)
+    apply = tool(["apply", "--json", "--wrangler-config", "wrangler.toml"], root)
+    assert apply[0] == 0, apply
+    return SimpleNamespace(
+        root=root, db=db, first=first, files_after_wrangler=files_after_wrangler,
+        mode_after_wrangler=mode_after_wrangler, status=status, apply=apply,
+        schema=user_schema(db), data=user_data(db), d1_rows=wrangler_rows(db),
+        own_rows=[r[0] for r in query(db, "SELECT name FROM schema_migrations ORDER BY version")])
+
+
+@pytest.fixture(scope="module")
+def tool_then_wrangler(wrangler_bin, tmp_path_factory) -> SimpleNamespace:
+    """(b) the tool applies 0001-0002 to a database wrangler has never seen,
+    then wrangler applies the rest; then (e) the tool rolls back 0004, which
+    wrangler applied, and wrangler lists what is pending.  With a
+    preview_database_id and --persist-to: wrangler finds the tool's file only
+    if both tools derive the same path."""
+    root = write_project(tmp_path_factory.mktemp("tool_first"),
+                         fixture_migrations(*NAMES, DOWN_0004),
+                         extra_config='preview_database_id = "preview-db"\n')
+    tool_apply = tool(["apply", "--json", "--wrangler-config", "wrangler.toml",
+                       "--persist-to", "state", "--target", "0002"], root)
+    assert tool_apply[0] == 0, tool_apply
+    db = root / "state" / "v3" / "d1" / "miniflare-D1DatabaseObject" / (
+        object_id("preview-db") + ".sqlite")
+    assert db.is_file()
+    apply = wrangler_cli.run_wrangler(wrangler_bin, root, [
+        "d1", "migrations", "apply", "DB", "--local", "--persist-to", "state"])
+    found = SimpleNamespace(root=root, db=db, tool_apply=tool_apply, apply=apply,
+                            schema=user_schema(db), data=user_data(db),
+                            d1_rows=wrangler_rows(db))
+    found.rollback = tool(["rollback", "--json", "--wrangler-config", "wrangler.toml",
+                           "--persist-to", "state"], root)
+    found.d1_rows_after_rollback = wrangler_rows(db)
+    found.schema_after_rollback = user_schema(db)
+    found.user_columns_after_rollback = [
+        r[0] for r in query(db, "SELECT name FROM pragma_table_info('users')")]
+    found.listing = wrangler_cli.run_wrangler(wrangler_bin, root, [
+        "d1", "migrations", "list", "DB", "--local", "--persist-to", "state"])
+    return found
+
+
+@pytest.mark.wrangler
+def test_status_shows_what_wrangler_applied(wrangler_then_tool):
+    code, out, err = wrangler_then_tool.status
+    assert code == 0, err
+    states = [(m["name"], m["state"]) for m in json.loads(out)["migrations"]]
+    assert states == [("0001_create_users", "applied"), ("0002_create_posts", "applied"),
+                      ("0003_seed_users", "pending"), ("0004_add_user_name", "pending")]
+
+
+@pytest.mark.wrangler
+def test_tool_applies_only_what_wrangler_did_not(wrangler_then_tool):
+    assert statuses(wrangler_then_tool.first) == {n: APPLIED for n in NAMES[:2]}
+    payload = json.loads(wrangler_then_tool.apply[1])
+    assert [a["name"] for a in payload["applied"]] == ["0003_seed_users", "0004_add_user_name"]
+    assert wrangler_then_tool.d1_rows == NAMES
+    # The tool's own record holds what it applied; wrangler's holds all four.
+    assert wrangler_then_tool.own_rows == ["0003_seed_users", "0004_add_user_name"]
+
+
+@pytest.mark.wrangler
+def test_wrangler_writes_the_file_wrangler_database_names(wrangler_then_tool):
+    found = apply_migrations.wrangler_database(str(wrangler_then_tool.root / "wrangler.toml"))
+    assert wrangler_then_tool.files_after_wrangler == sorted(
+        ["metadata.sqlite", DATABASE_OBJECT_ID + ".sqlite"])
+    assert Path(found.db_path) == wrangler_then_tool.db
+    assert os.path.basename(found.db_path) == \
+        apply_migrations.miniflare_object_id(DATABASE_ID) + ".sqlite"
+
+
+@pytest.mark.wrangler
+def test_wrangler_reads_what_the_tool_wrote_to_its_wal_file(wrangler_bin, wrangler_then_tool):
+    assert wrangler_then_tool.mode_after_wrangler == "wal"
+    results = execute_json(wrangler_bin, wrangler_then_tool.root,
+                           "SELECT count(*) AS n FROM users;"
+                           " SELECT count(*) AS n, max(email) AS last FROM user_emails;"
+                           " SELECT name FROM users WHERE id = 3;"
+                           " SELECT name FROM d1_migrations ORDER BY id")
+    assert results[0]["results"] == [{"n": 3}]  # rows of 0003, applied by the tool
+    # The view and the column of 0004, also the tool's.
+    assert results[1]["results"] == [{"n": 3, "last": "grace@example.com"}]
+    assert results[2]["results"] == [{"name": None}]
+    assert [r["name"] for r in results[3]["results"]] == NAMES
+
+
+@pytest.mark.wrangler
+def test_wrangler_applies_only_what_the_tool_did_not(tool_then_wrangler):
+    run = tool_then_wrangler.apply
+    assert run.returncode == 0, run.describe()
+    assert to_be_applied(run) == NAMES[2:]
+    assert statuses(run) == {n: APPLIED for n in NAMES[2:]}
+    # Recorded as wrangler counts migrations: by file name.
+    assert tool_then_wrangler.d1_rows == NAMES
+    # Nothing else pending for wrangler (the list is taken after the rollback
+    # of 0004 below, to save a wrangler start: it shows 0004 alone).
+    listing = tool_then_wrangler.listing
+    assert listing.returncode == 0, listing.describe()
+    assert set(to_be_applied(listing)) <= {"0004_add_user_name.sql"}
+
+
+@pytest.mark.wrangler
+def test_both_orders_give_the_schema_of_a_plain_run(wrangler_then_tool, tool_then_wrangler,
+                                                    plain_run):
+    assert plain_run.schema  # tables, index, trigger, view
+    assert {row[0] for row in plain_run.schema} == {"table", "index", "trigger", "view"}
+    assert wrangler_then_tool.schema == plain_run.schema
+    assert tool_then_wrangler.schema == plain_run.schema
+    assert wrangler_then_tool.data == plain_run.data
+    assert tool_then_wrangler.data == plain_run.data
+    assert wrangler_then_tool.d1_rows == tool_then_wrangler.d1_rows == NAMES
+
+
+@pytest.mark.wrangler
+def test_rollback_makes_wrangler_see_the_migration_pending(tool_then_wrangler):
+    # 0004 was applied by wrangler: its record is only in d1_migrations.
+    code, out, err = tool_then_wrangler.rollback
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["rolled_back"]["name"] == "0004_add_user_name"
+    assert payload["schema_changed"] is True  # the down script ran
+    # The view and the column of 0004 are gone.
+    assert [row[1] for row in tool_then_wrangler.schema_after_rollback
+            if row[0] == "view"] == []
+    assert tool_then_wrangler.user_columns_after_rollback == ["id", "email"]
+    assert tool_then_wrangler.d1_rows_after_rollback == NAMES[:3]
+    listing = tool_then_wrangler.listing
+    assert listing.returncode == 0, listing.describe()
+    assert to_be_applied(listing) == ["0004_add_user_name.sql"]
