@@ -18,8 +18,18 @@ Tests run the tool as a real process wherever signals, locks, crashes or
 another user are involved; the big matrices of bad databases and tracking
 tables run in-process (run_cli) to stay fast.  Longer variants live in
 test_robustness_slow.py (-m slow).
-Tests marked xfail(strict=True) expose real bugs of the tool: each reason
-names the bug; when it is fixed the test passes and the marker must go.
+
+Regression tests for bugs these tests found (fixed in 87ecd97):
+- stale plan: after another process committed, only the current migration
+  was re-checked, so the next one ran again ("table already exists");
+  test_migrations_another_process_applied_meanwhile_are_skipped and the
+  eight-process test;
+- a signal during COMMIT was reported as "X rolled back" although X had
+  committed: test_interrupted_line_tells_the_truth_at_any_moment;
+- `status` after kill -9 or a full disk (hot journal) failed with a
+  misleading "check the permissions": test_status_after_kill_9_...;
+- a file name that is not UTF-8 ended in a traceback:
+  test_file_name_that_is_not_utf8_is_a_clear_error.
 """
 from __future__ import annotations
 
@@ -52,29 +62,6 @@ import apply_migrations  # the copy under test (conftest put its folder on sys.p
 DB = "trading_brain.db"
 POSIX = os.name == "posix"
 needs_posix = pytest.mark.skipif(not POSIX, reason="needs POSIX signals, users and locks")
-
-# Bugs found by this module (see the report; reproducers in each test).
-BUG_STALE_PLAN = (
-    "BUG: after re-reading schema_migrations because another process committed"
-    " (PRAGMA data_version changed), the tool only skips the CURRENT migration;"
-    " for the next one data_version is unchanged, so it trusts its old plan and"
-    " re-runs a migration the other process already applied (table already exists)"
-)
-BUG_SIGNAL_AFTER_COMMIT = (
-    "BUG: a SIGINT/SIGTERM that arrives while COMMIT runs is handled right after"
-    " the commit, so the tool prints 'Interrupted: X rolled back; N migrations"
-    " applied' although X was committed and recorded (N is one short)"
-)
-BUG_STATUS_HOT_JOURNAL = (
-    "BUG: after a crash (kill -9) or a full disk leaves a hot journal, `status`"
-    " (read-only connection) fails with 'Cannot write to database ... (attempt to"
-    " write a readonly database); check the permissions' instead of showing the"
-    " state SQLite's journal restores"
-)
-BUG_NON_UTF8_NAME = (
-    "BUG: a migration file name that is not valid UTF-8 makes `apply` end in a"
-    " UnicodeEncodeError traceback when it writes the tracking row"
-)
 
 
 # --------------------------------------------------------------------------
@@ -296,7 +283,7 @@ def test_eight_simultaneous_applies_apply_each_migration_exactly_once(project, r
 
 
 def test_migrations_another_process_applied_meanwhile_are_skipped(project, run_subprocess):
-    """Deterministic reproducer of BUG_STALE_PLAN: right after this run
+    """Deterministic reproducer of the stale-plan bug: right after this run
     commits its first migration, another process applies all the others."""
     folder = project / "migrations"
     write_logged_migrations(folder, 4)

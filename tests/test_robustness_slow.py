@@ -22,7 +22,7 @@ from typing import List
 import pytest
 
 from dbhelpers import query, tables, tracking_rows
-from test_robustness import (BUG_STALE_PLAN, CRASH_VERSIONS, DB, POSIX, Watched,
+from test_robustness import (CRASH_VERSIONS, DB, POSIX, Watched,
                              assert_each_applied_once, assert_whole_or_absent, collect,
                              crash_run_seconds, integrity, kill_at_random_moment, one_error,
                              run_tool, start_together, tool_cmd, tool_env,
@@ -39,7 +39,6 @@ _ = crash_run_seconds  # the module-scoped fixture, shared with test_robustness.
 # Concurrency.
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_STALE_PLAN)
 @pytest.mark.parametrize("start", ["barrier", "wal barrier", "no database yet"])
 def test_sixteen_simultaneous_applies_repeatedly(project, start):
     """5 rounds of 16 processes over 300 migrations: each migration applied
