@@ -262,8 +262,11 @@ _ID_CHAR = r"^\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f"
 _COMMENT = r"--[^\n]*(?:\n|\Z)|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/"
 _SPACE = r"[ \t\n\f\r]+"
 _GAP = re.compile(rf"(?:{_SPACE}|{_COMMENT}|;)*")
+# Up to a few hundred tokens per match: `re` keeps a backtracking mark for
+# each repetition, so an unbounded `*` over a quote-heavy 1 MB statement
+# would hold ten times its size; _skip_body loops instead.
 _BODY = re.compile(
-    rf"""(?:[^;'"`\[/\-]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|{_COMMENT}|/(?!\*)|-(?!-))*"""
+    rf"""(?:[^;'"`\[/\-]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|{_COMMENT}|/(?!\*)|-(?!-)){{0,256}}"""
 )
 _HEAD_TOKEN = re.compile(
     rf"""(?:{_SPACE}|{_COMMENT})+|[{_ID_CHAR}]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|[^;]""",
@@ -286,6 +289,16 @@ _UNTERMINATED = {
 
 # complete.c's states that matter while reading the head of a statement.
 _START, _NORMAL, _EXPLAIN, _CREATE, _TRIGGER = range(5)
+
+
+def _skip_body(text: str, pos: int) -> int:
+    """The position of the next ';' outside strings and comments (or of an
+    unterminated string or comment, or the end of the text)."""
+    while True:
+        end = _BODY.match(text, pos).end()
+        if end == pos:
+            return pos
+        pos = end
 
 
 def _line_at(text: str, offset: int) -> int:
@@ -344,7 +357,7 @@ def split_sql(text: str) -> List[Statement]:
                     state = _NORMAL
         if state == _TRIGGER:
             while True:
-                pos = _BODY.match(text, pos).end()
+                pos = _skip_body(text, pos)
                 if pos >= n:
                     raise SQLSplitError(
                         "CREATE TRIGGER has no END", start, _line_at(text, start)
@@ -360,7 +373,7 @@ def split_sql(text: str) -> List[Statement]:
                 # same next token, which is not an ending END: skip the run.
                 pos = _GAP.match(text, pos).end()
         else:
-            pos = _BODY.match(text, pos).end()
+            pos = _skip_body(text, pos)
         if pos < n:
             if text[pos] != ";":
                 raise _unterminated(text, pos)
@@ -525,6 +538,12 @@ def _is_utf8_name(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY: another connection holds the lock this statement needs."""
+    message = str(exc)
+    return "database is locked" in message or "database is busy" in message
 
 
 def _sqlite_uri(path: str, mode: str) -> str:
@@ -896,6 +915,8 @@ class Migrator:
         # With a wrangler table, wrangler's record is kept in step with ours.
         self.wrangler_table = wrangler_table
         self._wrangler = quote_identifier(wrangler_table) if wrangler_table else None
+        self._sql_insert = SQL_INSERT_APPLIED.format(table=self.table)
+        self._sql_insert_wrangler = SQL_INSERT_WRANGLER.format(table=self._wrangler)
         self._conn: Optional[sqlite3.Connection] = None
         self._migrations: Optional[List[Migration]] = None
         self._stop_signal: Optional[int] = None
@@ -954,6 +975,8 @@ class Migrator:
                 isolation_level=None,  # we issue BEGIN/COMMIT/ROLLBACK ourselves
                 timeout=self.lock_timeout,
                 check_same_thread=False,
+                # Migration statements run once each: caching them only costs.
+                cached_statements=0,
             )
         except sqlite3.Error as exc:
             raise DatabaseConnectError(f"cannot open {path} ({exc})") from None
@@ -969,6 +992,9 @@ class Migrator:
             raise _describe_sqlite_error(exc, path) or DatabaseConnectError(
                 f"cannot read {path} ({exc})"
             ) from None
+        if not readonly:
+            # Writers wait in _wait_for_lock, where Ctrl-C is noticed.
+            conn.execute("PRAGMA busy_timeout = 0")
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)
         self._conn = conn
         return conn
@@ -985,7 +1011,7 @@ class Migrator:
         conn = self._conn
         assert conn is not None
         if immediate:
-            self._lock()
+            self._wait_for_lock("BEGIN IMMEDIATE")
         else:
             self._execute_admin("BEGIN")
         try:
@@ -994,33 +1020,43 @@ class Migrator:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self._execute_admin("COMMIT" if commit else "ROLLBACK")
+        if commit:
+            self._wait_for_lock("COMMIT")
+        else:
+            self._execute_admin("ROLLBACK")
 
-    def _lock(self) -> None:
-        """BEGIN IMMEDIATE: take the write lock, waiting for another writer
-        up to lock_timeout in short steps, so that Ctrl-C is noticed while
-        waiting (SQLite's own busy wait would hold the signal until it ends)."""
-        conn = self._conn
-        assert conn is not None
-        deadline = time.monotonic() + self.lock_timeout
-        conn.execute("PRAGMA busy_timeout = 0")
+    def _wait_for_lock(self, sql: str) -> None:
+        """BEGIN IMMEDIATE or COMMIT, the two statements that wait for other
+        connections (a writer; readers finishing), retried for up to
+        lock_timeout in short steps.  The writing connection has no busy
+        timeout of its own: SQLite's wait would hold a Ctrl-C until it ends,
+        this one notices it within milliseconds.  (Inside the write lock
+        nothing else waits: SQLite does not fail a statement whose cache
+        spill finds readers, it keeps the pages in memory.)"""
+        execute = self._conn.execute  # type: ignore[union-attr]
         try:
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise _describe_sqlite_error(exc, self.db_path) or exc from None
-                self.check_stop()
-                if time.monotonic() >= deadline:
-                    raise DatabaseWriteError(
-                        f"Database {self.db_path} stayed locked by another process for"
-                        f" {self.lock_timeout:g} s (--lock-timeout); nothing was changed."
-                        " Retry when the other migration run or program has finished.")
-                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
+            execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise _describe_sqlite_error(exc, self.db_path) or exc from None
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.001
+        while True:
+            self.check_stop()
+            if time.monotonic() >= deadline:
+                raise DatabaseWriteError(
+                    f"Database {self.db_path} stayed locked by another process for"
+                    f" {self.lock_timeout:g} s (--lock-timeout); nothing was changed."
+                    " Retry when the other migration run or program has finished.")
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.05)
+            try:
+                execute(sql)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise _describe_sqlite_error(exc, self.db_path) or exc from None
 
     def _execute_admin(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         """Run the tool's own SQL; database-level failures become one clear error."""
@@ -1499,12 +1535,12 @@ class Migrator:
             self._check_foreign_keys(migration)
         duration_ms = (time.perf_counter() - started) * 1000.0
         self._execute_admin(
-            SQL_INSERT_APPLIED.format(table=self.table),
+            self._sql_insert,
             (migration.version, migration.name, migration.checksum, utc_now(),
              round(duration_ms, 3)),
         )
         if self._wrangler is not None:
-            self._execute_admin(SQL_INSERT_WRANGLER.format(table=self._wrangler),
+            self._execute_admin(self._sql_insert_wrangler,
                                 (migration.filename,))
         return duration_ms
 
@@ -2092,6 +2128,7 @@ class Console:
         self.partial: Dict[str, object] = {}  # what a failed command did, for JSON
         self.secrets: List[str] = []  # never printed, whatever an error says
         self._ticking = False
+        self._flushed = 0.0
         self.ellipsis = "\u2026" if self._utf8(sys.stdout) else "..."
 
     @staticmethod
@@ -2118,10 +2155,18 @@ class Console:
             self._ticking = False
 
     def say(self, text: str) -> None:
-        """Progress and results: stdout, unless --quiet or --json."""
+        """Progress and results: stdout, unless --quiet or --json.
+
+        Flushed at once on a terminal; into a pipe or a CI log at most four
+        times a second, so that a thousand quick migrations cost no thousand
+        writes, while a slow one still shows up as it finishes."""
         if not self.quiet and not self.json:
             self._end_tick()
-            print(text, flush=True)
+            print(text)
+            now = time.monotonic()
+            if now - self._flushed >= 0.25 or self.is_tty(sys.stdout):
+                sys.stdout.flush()
+                self._flushed = now
 
     def warn(self, text: str) -> None:
         if not self.quiet:

@@ -25,6 +25,7 @@ SPLIT_REASONS = frozenset(
         "unterminated [bracketed] identifier",
         "unterminated /* comment",
         "CREATE TRIGGER has no END",
+        "a NUL character is not allowed in SQL text",
     }
 )
 
@@ -266,6 +267,7 @@ class Script(NamedTuple):
     text: str
     spans: List[Tuple[int, int]]  # expected (start, end) of each statement
     keywords: List[str]
+    terminated: bool  # False: the last statement has no ';'
 
 
 def _trigger_body_statement(draw: Callable, nl: str) -> str:
@@ -295,9 +297,9 @@ def _statements(draw: Callable, index: int, nl: str, executable: bool) -> List[T
     """One or a few statements, each (text without its ';', keyword)."""
     kw = lambda word: random_case(draw, word)  # noqa: E731
     sep = lambda: draw(separator(nl))  # noqa: E731
-    kinds = ["insert", "quoted", "begin_end_columns", "trigger", "arith", "transaction", "explain"]
+    kinds = ["insert", "quoted", "begin_end_columns", "trigger", "arith", "transaction", "explain", "unicode"]
     if not executable:
-        kinds += ["leading_literal", "unicode"]
+        kinds.append("leading_literal")
     kind = draw(st.sampled_from(kinds))
     if kind == "insert":
         count = draw(st.integers(1, 3))
@@ -319,10 +321,13 @@ def _statements(draw: Callable, index: int, nl: str, executable: bool) -> List[T
         when = draw(st.sampled_from(["", " WHEN new.v <> 'END;'", " when new.v NOT LIKE '%end;%'"]))
         body = ""
         for _ in range(draw(st.integers(1, 3))):
-            body += sep() + _trigger_body_statement(draw, nl) + draw(st.sampled_from([";", " ;", ";;", "; ;"]))
+            # SQLite rejects empty statements inside a trigger body, but
+            # sqlite3_complete() does not care.
+            ends = [";", " ;", nl + ";"] if executable else [";", " ;", ";;", "; ;"]
+            body += sep() + _trigger_body_statement(draw, nl) + draw(st.sampled_from(ends))
         return [(
             kw("create") + " " + temp + kw("trigger") + sep() + "trg%d " % index + kw("after") + " "
-            + kw("insert") + " " + kw("on") + " log" + when + " " + kw("for each row") + sep()
+            + kw("insert") + " " + kw("on") + " log " + kw("for each row") + when + sep()
             + kw("begin") + body + sep() + kw("end"),
             "CREATE",
         )]
@@ -357,10 +362,11 @@ def _statements(draw: Callable, index: int, nl: str, executable: bool) -> List[T
 
 
 @st.composite
-def scripts(draw: Callable, executable: bool = False, min_statements: int = 0) -> Script:
+def scripts(draw: Callable, executable: bool = False, min_statements: int = 0,
+            max_statements: int = 5) -> Script:
     """A script and the exact (start, end) and keyword of its statements."""
     nl = draw(st.sampled_from(["\n", "\r\n"]))
-    groups = draw(st.integers(min_statements, 5))
+    groups = draw(st.integers(min_statements, max_statements))
     terminated_last = draw(st.booleans())
     items: List[Tuple[str, str]] = []
     for index in range(groups):
@@ -377,11 +383,11 @@ def scripts(draw: Callable, executable: bool = False, min_statements: int = 0) -
                 ["", " ", nl, "-- trailing; END;", " /* ; */", nl + "-- no newline", "--"]
             ))
             spans.append((start, len(text)))
-            return Script(text, spans, [k for _, k in items])
+            return Script(text, spans, [k for _, k in items], False)
         text += draw(st.sampled_from(["", " ", nl, " /* ; */ "])) + ";"
         spans.append((start, len(text)))
     text += draw(gap(nl))
-    return Script(text, spans, [k for _, k in items])
+    return Script(text, spans, [k for _, k in items], True)
 
 
 # Arbitrary text biased towards everything the splitter cares about.
@@ -393,7 +399,14 @@ SOUP_CHUNKS = [
     "trigger", "TEMP", "temporary", "EXPLAIN", "explain", "CASE", "case",
     "'a;b'", "'it''s;'", '"q;"', "`b;`", "[s;]", "/* ; */", "-- ;\n", "'END;'",
     "CREATE TRIGGER t AFTER INSERT ON x BEGIN ", "; END;", ";END", "endx", "xend",
+    "; endx;", ";END_ ;", "; End$;", "; END x;", ";\n-- c\nEND\n",
 ]
 
 soup_text = st.text(alphabet=SOUP_ALPHABET, max_size=80)
 soup_chunks = st.lists(st.sampled_from(SOUP_CHUNKS), max_size=40).map("".join)
+
+# Anything SQLite accepts in a C string: no NUL, no lone surrogates.
+any_character = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+wide_chunks = st.lists(
+    st.one_of(st.sampled_from(SOUP_CHUNKS), any_character), max_size=120
+).map("".join)
