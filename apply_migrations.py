@@ -8,9 +8,14 @@ one transaction together with the row that records it in
 migration is either wholly applied and recorded or not at all.
 
     python apply_migrations.py init     --env dev
-    python apply_migrations.py status   --env dev
-    python apply_migrations.py apply    --env dev [--verbose]
+    python apply_migrations.py status   --env dev [--json] [--exit-code]
+    python apply_migrations.py apply    --env dev [--verbose] [--dry-run]
     python apply_migrations.py rollback --version 0001_initial_schema --env dev
+    python apply_migrations.py new      "Add user indexes"
+    python apply_migrations.py check    (what Cloudflare D1 would reject)
+
+--wrangler-config keeps wrangler's own record in step on its local D1 file;
+--d1-remote does all of this on a Cloudflare D1 database over its HTTP API.
 
 Standard library only; Python 3.8 or newer.  MIGRATION_SYSTEM.md is the manual.
 """
@@ -566,10 +571,15 @@ def _describe_sqlite_error(exc: Exception, db_path: str) -> Optional[MigrationEr
             f"Cannot write to database {db_path} ({message}); check the permissions"
             " of the file and of its folder"
         )
-    if "disk is full" in lowered or "disk i/o error" in lowered:
+    if "disk is full" in lowered:
         return DatabaseWriteError(
             f"Cannot write to database {db_path} ({message}); the disk or the database"
             " size limit was reached, nothing of the current migration was kept"
+        )
+    if "disk i/o error" in lowered:
+        return DatabaseWriteError(
+            f"Cannot write to database {db_path} ({message}); the disk failed to read"
+            " or write, nothing of the current migration was kept: check the disk"
         )
     if "not a database" in lowered or "malformed" in lowered:
         return DatabaseConnectError(f"{db_path} is not a usable SQLite database ({message})")
@@ -2435,6 +2445,9 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
                              ["Version", "Name", "Result", "Duration"], rows)
         raise failure
     done = result.applied
+    if migrator.synced:
+        console.say(f"Recorded {_plural(len(migrator.synced), 'migration')} applied earlier"
+                    f" in {migrator.wrangler_table} for wrangler: {', '.join(migrator.synced)}")
     console.step_summary(
         f"Migrations on {migrator.db_path}: {_plural(len(done), 'migration')} {verb}",
         ["Version", "Name", "Result", "Duration"], rows)

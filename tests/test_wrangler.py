@@ -484,6 +484,11 @@ def test_apply_backfills_wrangler_rows_for_earlier_runs(wrangler_project, run_cl
     code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
     assert code == 0, err
     assert wrangler_rows(db) == ["0001_a.sql", "0002_b.sql"]
+    assert ("Recorded 2 migrations applied earlier in d1_migrations for wrangler:"
+            " 0001_a, 0002_b") in out
+    # Said once: the next run has nothing to record.
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
+    assert code == 0 and "Recorded" not in out
 
 
 def test_rollback_removes_both_rows(wrangler_project, run_cli, write_migration):
