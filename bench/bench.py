@@ -369,13 +369,13 @@ class ChildFailed(Exception):
     pass
 
 
-def run_child(cmd, cwd=REPO):
+def run_child(cmd, cwd=REPO, env=None):
     """(seconds, peak RSS in bytes or None, CPU seconds user+sys or None).  os.wait4 returns the rusage of
     this one child, so its ru_maxrss is that process's peak alone (unlike
     getrusage(RUSAGE_CHILDREN), the maximum over every child ever reaped)."""
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
         if _HAVE_WAIT4:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -513,6 +513,14 @@ class Bench:
     def tool_cmd(self, *argv):
         return [self.python, TOOL] + list(argv)
 
+    def module_env(self):
+        """An environment in which `python -m apply_migrations` (run from the
+        repository) can cache its bytecode, outside the repository."""
+        env = dict(os.environ)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(self.work, "pycache")
+        return env
+
     def floor_cmd(self, *argv):
         return [self.python, FLOOR] + list(argv)
 
@@ -527,12 +535,12 @@ class Bench:
                 time.perf_counter() - started))
         return folder
 
-    def _applier(self, label, folder, expected, cmd_fn, check_against=None):
+    def _applier(self, label, folder, expected, cmd_fn, check_against=None, env=None):
         """A run function: fresh database, run, check the rows, delete."""
         def run(tag):
             db = os.path.join(self.work, "%s-%s.db" % (label, tag))
             _remove_db(db)
-            result = run_child(cmd_fn(db, folder))
+            result = run_child(cmd_fn(db, folder), env=env)
             count = applied_count(db)
             if count != expected:
                 raise ChildFailed("%s: %d tracking rows, expected %d" % (label, count, expected))
@@ -542,11 +550,13 @@ class Bench:
             return result
         return run
 
-    def apply_series(self, n, single=False, nosync=False, runs=None):
+    def apply_series(self, n, single=False, nosync=False, runs=None, module=False):
         folder = self.migrations(n)
-        key = "apply_%d%s" % (n, "_single" if single else "")
+        key = "apply_%d%s%s" % (n, "_single" if single else "", "_module" if module else "")
         label = ("apply --single-transaction N=%d vs one-transaction floor" % n if single
                  else "apply N=%d" % n)
+        if module:
+            label += ", tool run as `python -m apply_migrations` (bytecode cached)"
         if nosync:
             key, label = "floor_nosync_%d" % n, "floor N=%d, synchronous FULL vs OFF" % n
         series = Series(key, label)
@@ -558,10 +568,17 @@ class Bench:
             floor_run = self._applier(key + "-off", folder, n,
                                       lambda db, d: self.floor_cmd("apply", db, d, "--nosync"))
         else:
-            tool_run = self._applier(
-                key + "-tool", folder, n,
-                lambda db, d: self.tool_cmd("apply", "--db-path", db, "--migrations-dir", d, *extra),
-                check_against=True)
+            env = None
+            tool_cmd = lambda db, d: self.tool_cmd(  # noqa: E731
+                "apply", "--db-path", db, "--migrations-dir", d, *extra)
+            if module:
+                env = self.module_env()
+                run_child([self.python, "-m", "apply_migrations", "--version"], env=env)
+                tool_cmd = lambda db, d: [  # noqa: E731
+                    self.python, "-m", "apply_migrations", "apply", "--db-path", db,
+                    "--migrations-dir", d, *extra]
+            tool_run = self._applier(key + "-tool", folder, n, tool_cmd, check_against=True,
+                                     env=env)
             floor_run = self._applier(
                 key + "-floor", folder, n,
                 lambda db, d: self.floor_cmd("apply", db, d, *(["--single"] if single else [])),
@@ -941,6 +958,7 @@ def main(argv=None):
     try:
         for n in sizes:
             bench.apply_series(n, runs=args.large_runs if n == 5000 else None)
+        bench.apply_series(sizes[0], module=True)
         bench.apply_series(single_n, single=True)
         if args.fsync_probe:
             bench.apply_series(single_n, nosync=True)
