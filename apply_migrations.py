@@ -280,6 +280,14 @@ _HEAD_TOKEN = re.compile(
 # One whitespace character per step: with `[ \t\n\f\r]+` inside the `*`, a
 # failed match would retry every way of cutting a run of blanks (exponential).
 # ("[Ee][Nn][Dd]" rather than IGNORECASE, which is slow to compile here.)
+# The head of a statement, read at once: its first word, and whether CREATE
+# [TEMP] TRIGGER opens it (one blank at a time for the same reason as below).
+_FIRST_WORD = re.compile(rf"[{_ID_CHAR}]+")
+_TRIGGER_HEAD = re.compile(
+    rf"[Cc][Rr][Ee][Aa][Tt][Ee](?:[ \t\n\f\r]|{_COMMENT}"
+    rf"|[Tt][Ee][Mm][Pp](?:[Oo][Rr][Aa][Rr][Yy])?(?![{_ID_CHAR}]))*?"
+    rf"(?<![{_ID_CHAR}])[Tt][Rr][Ii][Gg][Gg][Ee][Rr](?![{_ID_CHAR}])"
+)
 _TRIGGER_END = re.compile(
     rf"(?:[ \t\n\f\r;]|{_COMMENT})*[Ee][Nn][Dd](?![{_ID_CHAR}])(?:[ \t\n\f\r]|{_COMMENT})*(;|\Z)"
 )
@@ -299,10 +307,11 @@ _START, _NORMAL, _EXPLAIN, _CREATE, _TRIGGER = range(5)
 def _skip_body(text: str, pos: int) -> int:
     """The position of the next ';' outside strings and comments (or of an
     unterminated string or comment, or the end of the text)."""
+    n = len(text)
     while True:
         end = _BODY.match(text, pos).end()
-        if end == pos:
-            return pos
+        if end == pos or end >= n or text[end] == ";":
+            return end
         pos = end
 
 
@@ -334,7 +343,16 @@ def split_sql(text: str) -> List[Statement]:
         start = pos
         keyword = ""
         state = _START
-        # Read tokens only while they can still make this a CREATE TRIGGER.
+        first_word = _FIRST_WORD.match(text, pos)
+        if first_word:
+            # The common case at once: any first word but EXPLAIN decides.
+            word = first_word.group().lower()
+            if word != "explain":
+                keyword = word.upper()
+                trigger = _TRIGGER_HEAD.match(text, pos) if word == "create" else None
+                state = _TRIGGER if trigger else _NORMAL
+                pos = trigger.end() if trigger else first_word.end()
+        # Otherwise read tokens while they can still make this a CREATE TRIGGER.
         while state not in (_NORMAL, _TRIGGER) and pos < n and text[pos] != ";":
             token = _HEAD_TOKEN.match(text, pos).group()
             first = token[0]
@@ -2139,6 +2157,7 @@ class Console:
         self.secrets: List[str] = []  # never printed, whatever an error says
         self._ticking = False
         self._flushed = 0.0
+        self._stdout_tty = self.is_tty(sys.stdout)
         self.ellipsis = "\u2026" if self._utf8(sys.stdout) else "..."
 
     @staticmethod
@@ -2174,7 +2193,7 @@ class Console:
             self._end_tick()
             print(text)
             now = time.monotonic()
-            if now - self._flushed >= 0.25 or self.is_tty(sys.stdout):
+            if now - self._flushed >= 0.25 or self._stdout_tty:
                 sys.stdout.flush()
                 self._flushed = now
 
