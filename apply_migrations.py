@@ -2589,6 +2589,22 @@ def cmd_new(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+class UsageError(SystemExit):
+    """argparse's complaint about the command line, kept for --json."""
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(EXIT_USAGE)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        text = f"{self.prog}: error: {message}"
+        print(text, file=sys.stderr)
+        raise UsageError(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true",
@@ -2641,7 +2657,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_HTTP_RETRIES,
                         help="retries of requests that are safe to repeat (default: 4)")
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="apply_migrations.py",
         description="Schema migrations for SQLite and Cloudflare D1.",
         epilog="Exit codes: 0 success, 1 a migration or check failed, 2 usage or"
@@ -2717,7 +2733,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse printed
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        if isinstance(exc, UsageError) and "--json" in (sys.argv[1:] if argv is None else argv):
+            # Scripts asked for JSON: give them the error as an object too.
+            Console(argparse.Namespace(json=True)).emit(
+                {"error": error_payload(ConfigurationError(exc.message))})
+        return code
     console = Console(args)
     try:
         try:

@@ -592,6 +592,15 @@ def test_exit_2_bad_option(project, run_subprocess, argv):
     assert not (project / DB).exists()
 
 
+def test_bad_option_with_json_gives_an_error_object(project, run_subprocess):
+    code, out, err = run_subprocess(["status", "--json", "--env", "staging"])
+    assert code == 2
+    assert "usage:" in err
+    error = json.loads(out)["error"]
+    assert "invalid choice: 'staging'" in error["message"]
+    assert error["exit_code"] == 2
+
+
 @pytest.mark.parametrize("command", ["init", "status", "apply", "rollback"])
 def test_exit_2_missing_d1_database_path(project, run_subprocess, four, command):
     code, out, err = run_subprocess([command, "--env", "production"],
