@@ -1062,29 +1062,28 @@ class Migrator:
         nothing else waits: SQLite does not fail a statement whose cache
         spill finds readers, it keeps the pages in memory.)"""
         execute = self._conn.execute  # type: ignore[union-attr]
-        try:
-            execute(sql)
-            return
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
-                raise _describe_sqlite_error(exc, self.db_path) or exc from None
-        deadline = time.monotonic() + self.lock_timeout
+        deadline: Optional[float] = None
         pause = 0.001
         while True:
-            self.check_stop()
-            if time.monotonic() >= deadline:
-                raise DatabaseWriteError(
-                    f"Database {self.db_path} stayed locked by another process for"
-                    f" {self.lock_timeout:g} s (--lock-timeout); nothing was changed."
-                    " Retry when the other migration run or program has finished.")
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.05)
             try:
                 execute(sql)
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise _describe_sqlite_error(exc, self.db_path) or exc from None
+            if deadline is None:
+                deadline = time.monotonic() + self.lock_timeout
+            self.check_stop()
+            if time.monotonic() >= deadline:
+                raise self._lock_timeout_error()
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.05)
+
+    def _lock_timeout_error(self) -> DatabaseWriteError:
+        return DatabaseWriteError(
+            f"Database {self.db_path} stayed locked by another process for"
+            f" {self.lock_timeout:g} s (--lock-timeout); nothing was changed."
+            " Retry when the other migration run or program has finished.")
 
     def _execute_admin(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         """Run the tool's own SQL; database-level failures become one clear error."""
@@ -1097,11 +1096,7 @@ class Migrator:
             if described is None:
                 raise
             if "locked" in str(exc):
-                described = DatabaseWriteError(
-                    f"Database {self.db_path} stayed locked by another process for"
-                    f" {self.lock_timeout:g} s (--lock-timeout); nothing was changed."
-                    " Retry when the other migration run or program has finished."
-                )
+                described = self._lock_timeout_error()
             raise described from None
 
     # -- interruption and progress ------------------------------------------

@@ -723,7 +723,7 @@ def unprivileged() -> Unprivileged:
             yield Unprivileged(base, sys.executable, None)
             return
         # As root, chmod stops nothing: run as nobody.  This Python may live
-        # below a folder nobody cannot enter (/root/.pyenv): then take one
+        # below a home folder that nobody cannot enter: then take one
         # nobody can run.
         candidates = [sys.executable, "/usr/bin/python3", "/usr/local/bin/python3",
                       shutil.which("python3") or ""]
