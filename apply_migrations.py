@@ -2097,6 +2097,21 @@ def resolve_target(args: argparse.Namespace) -> "tuple[str, str, Optional[str]]"
     return resolve_db_path(args), resolve_migrations_dir(args), wrangler_table
 
 
+def check_wrangler_options(args: argparse.Namespace) -> None:
+    """--database and --persist-to only qualify --wrangler-config; alone they
+    would be ignored, and `--database app.db` would quietly use another file."""
+    if getattr(args, "wrangler_config", None):
+        return
+    for option, value in (("--database", getattr(args, "database", None)),
+                          ("--persist-to", getattr(args, "persist_to", None))):
+        if value is not None:
+            hint = f" For a database file, pass --db-path {value}." \
+                if option == "--database" else ""
+            raise ConfigurationError(
+                f"{option} {value} needs --wrangler-config: it selects within the"
+                f" wrangler config, and no config was given.{hint}")
+
+
 def resolve_migrations_dir(args: argparse.Namespace) -> str:
     if args.migrations_dir:
         return args.migrations_dir
@@ -2737,6 +2752,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     console = Console(args)
     try:
         try:
+            check_wrangler_options(args)
             return args.handler(args, console)
         except sqlite3.Error as exc:
             raise MigrationError(

@@ -232,6 +232,23 @@ def test_missing_migrations_folder_is_a_config_error(project, run_cli):
     assert not (project / DB).exists()
 
 
+@pytest.mark.parametrize("command", ["status", "apply", "init", "rollback"])
+@pytest.mark.parametrize("option", ["--database", "--persist-to"])
+def test_wrangler_selectors_without_config_are_refused(project, run_cli, two_migrations,
+                                                       command, option):
+    # `--database app.db` reads like a file path; it must not quietly use the
+    # dev database instead.
+    code, out, err = run_cli([command, option, "custom.db"])
+    assert code == 2
+    lines = error_lines(err)
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {option} custom.db needs "
+                                                   "--wrangler-config")
+    if option == "--database":
+        assert "--db-path custom.db" in lines[0]
+    assert listing(project) == ["migrations", "migrations/0001_create_users.sql",
+                                "migrations/0002_add_posts.sql"]
+
+
 @pytest.mark.parametrize("argv", [
     [],
     ["frobnicate"],
