@@ -618,8 +618,11 @@ class WranglerDatabase(NamedTuple):
     migrations_table: str
 
 
-_JSONC_COMMENT = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
-_JSONC_TRAILING_COMMA = re.compile(r'"(?:\\.|[^"\\])*"|,(?=\s*[}\]])')
+# Patterns only `check` and the wrangler config readers use stay text until
+# then (re caches what it compiles): the script is started for every command,
+# and compiling them all would cost a millisecond of each start.
+_JSONC_COMMENT = r'(?s)"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/'
+_JSONC_TRAILING_COMMA = r'"(?:\\.|[^"\\])*"|,(?=\s*[}\]])'
 
 
 def _parse_jsonc(text: str) -> dict:
@@ -630,11 +633,11 @@ def _parse_jsonc(text: str) -> dict:
     def keep_strings(match):
         return match.group(0) if match.group(0).startswith('"') else ""
 
-    text = _JSONC_COMMENT.sub(keep_strings, text)
-    return json.loads(_JSONC_TRAILING_COMMA.sub(keep_strings, text))
+    text = re.sub(_JSONC_COMMENT, keep_strings, text)
+    return json.loads(re.sub(_JSONC_TRAILING_COMMA, keep_strings, text))
 
 
-_TOML_KEY_VALUE = re.compile(
+_TOML_KEY_VALUE = (
     r"""\s*([A-Za-z0-9_-]+)\s*=\s*("(?:\\.|[^"\\])*"|'[^']*'|true|false|[-+0-9.]+)\s*(?:#.*)?\Z""")
 
 
@@ -658,7 +661,7 @@ def _parse_toml_subset(text: str) -> dict:
             continue
         if current is None:
             continue
-        match = _TOML_KEY_VALUE.match(line)
+        match = re.match(_TOML_KEY_VALUE, line)
         if match is None:
             if current is root and line.split("=", 1)[0].strip() != "d1_databases":
                 continue  # a top-level value this reader cannot parse, not needed
@@ -748,22 +751,23 @@ D1_PRAGMAS = frozenset((
     "recursive_triggers", "legacy_alter_table", "ignore_check_constraints",
     "reverse_unordered_selects",
 ))
-_PRAGMA_NAME = re.compile(r"PRAGMA\s+(?:\w+\s*\.\s*)?(\w+)", re.IGNORECASE)
+# Text until `check` runs, as the wrangler config patterns above.
+_PRAGMA_NAME = r"(?i)PRAGMA\s+(?:\w+\s*\.\s*)?(\w+)"
 # Every spelling SQLite reads as "off" (sqlite3GetBoolean), quoted or not.
-_FOREIGN_KEYS_OFF = re.compile(
-    r"PRAGMA\s+(?:\w+\s*\.\s*)?foreign_keys\s*(?:=\s*|\(\s*)"
-    r"(['\"]?)(?:0+|off|false|no)\1\s*\)?\s*;?\s*\Z", re.IGNORECASE)
-_TEMP_OBJECT = re.compile(
-    r"CREATE\s+(?:TEMP(?:ORARY)?\s+(TABLE|VIEW|TRIGGER)\b"
+_FOREIGN_KEYS_OFF = (
+    r"(?i)PRAGMA\s+(?:\w+\s*\.\s*)?foreign_keys\s*(?:=\s*|\(\s*)"
+    r"(['\"]?)(?:0+|off|false|no)\1\s*\)?\s*;?\s*\Z")
+_TEMP_OBJECT = (
+    r"(?i)CREATE\s+(?:TEMP(?:ORARY)?\s+(TABLE|VIEW|TRIGGER)\b"
     r"|(?:UNIQUE\s+)?(TABLE|VIEW|TRIGGER|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-    r"[\"`\[]?temp[\"`\]]?\s*\.)", re.IGNORECASE)
+    r"[\"`\[]?temp[\"`\]]?\s*\.)")
 # The only wrapper wrangler removes: exactly this text, case and all.
 WRANGLER_WRAPPER = ("BEGIN TRANSACTION;", "COMMIT;")
-_CF_RESERVED_NAME = re.compile(
-    r"(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:UNIQUE\s+)?(?:VIRTUAL\s+)?"
+_CF_RESERVED_NAME = (
+    r"(?i)(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:UNIQUE\s+)?(?:VIRTUAL\s+)?"
     r"(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     r"|ALTER\s+TABLE\s+\S+\s+RENAME\s+TO\s+)"
-    r"(?:[\w\"`\[\]]+\s*\.\s*)?[\"`\[]?(_cf_\w*)", re.IGNORECASE)
+    r"(?:[\w\"`\[\]]+\s*\.\s*)?[\"`\[]?(_cf_\w*)")
 
 
 class Finding(NamedTuple):
@@ -803,12 +807,12 @@ def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
                     f"{keyword} is rejected by D1, which runs each migration in its own"
                     " transaction; remove it")
         elif keyword == "PRAGMA":
-            name = _PRAGMA_NAME.match(sql)
+            name = re.match(_PRAGMA_NAME, sql)
             if name and name.group(1).lower() not in D1_PRAGMAS:
                 add("error", statement, "unauthorized-pragma",
                     f"PRAGMA {name.group(1).lower()} is not authorized on D1;"
                     " remove it")
-            elif _FOREIGN_KEYS_OFF.match(sql):
+            elif re.match(_FOREIGN_KEYS_OFF, sql):
                 add("error", statement, "foreign-keys-off",
                     "PRAGMA foreign_keys = OFF has no effect on D1, which always enforces"
                     " foreign keys (a DROP TABLE of a parent can delete child rows);"
@@ -822,13 +826,13 @@ def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
                 f"the statement is {size:,} bytes; D1 refuses statements over"
                 f" {D1_MAX_STATEMENT_BYTES:,} bytes, split it (e.g. one INSERT per"
                 " batch of rows)")
-        temporary = _TEMP_OBJECT.match(sql) if keyword == "CREATE" else None
+        temporary = re.match(_TEMP_OBJECT, sql) if keyword == "CREATE" else None
         if temporary:
             kind = (temporary.group(1) or temporary.group(2)).upper()
             add("error", statement, "temporary-object",
                 f"D1 does not allow TEMP {kind}s; create a regular one, or drop it at"
                 " the end of the migration")
-        reserved = _CF_RESERVED_NAME.match(sql) if keyword in ("CREATE", "ALTER") else None
+        reserved = re.match(_CF_RESERVED_NAME, sql) if keyword in ("CREATE", "ALTER") else None
         if reserved:
             add("error", statement, "reserved-name",
                 f"the name {reserved.group(1)} starts with _cf_, which D1 reserves;"
