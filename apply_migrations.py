@@ -258,6 +258,8 @@ class RollbackResult(NamedTuple):
 # a ';' that follows "; END".  Long stretches without a ';', quote or comment
 # are consumed by one regular-expression step, so splitting is linear in the
 # size of the text, and sqlite3.complete_statement confirms every piece.
+# Most statements never meet that scanner: complete_statement, which is
+# complete.c itself, is asked first about the next few ';'.
 
 # Identifier characters as complete.c counts them (letters, digits, _, $ and
 # everything beyond ASCII), written as "not the other ASCII characters": the
@@ -315,12 +317,103 @@ def _skip_body(text: str, pos: int) -> int:
         pos = end
 
 
+# How many of the ';' after a statement's head are put to SQLite's own
+# complete.c before the scanner takes over: enough for nearly every statement,
+# few enough that a statement full of ';' in strings costs a bounded few scans.
+_COMPLETE_TRIES = 8
+
+
+def _statement_by_sqlite(text: str, start: int, pos: int) -> Optional[str]:
+    """The statement starting at start, through its ';', found by asking
+    sqlite3.complete_statement about each next ';' in turn: the first that
+    completes the text ends the statement, at C speed.  None when the
+    statement has no ';' of its own or too many inside it; the scanner then
+    finds the end, or the unterminated string, comment or trigger."""
+    semicolon = text.find(";", pos)
+    for _ in range(_COMPLETE_TRIES):
+        if semicolon < 0:
+            return None
+        candidate = text[start:semicolon + 1]
+        if sqlite3.complete_statement(candidate):
+            return candidate
+        semicolon = text.find(";", semicolon + 1)
+    return None
+
+
 def _line_at(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
 def _unterminated(text: str, pos: int) -> SQLSplitError:
     return SQLSplitError(_UNTERMINATED[text[pos]], pos, _line_at(text, pos))
+
+
+def _end_by_scanning(text: str, start: int) -> int:
+    """The end of the statement starting at start, read token by token the
+    way complete.c reads it; raises SQLSplitError where the text ends inside
+    a string, identifier, comment or trigger body."""
+    n = len(text)
+    pos = start
+    state = _START
+    first_word = _FIRST_WORD.match(text, pos)
+    if first_word and first_word.group().lower() != "explain":
+        # The common case at once: any first word but EXPLAIN decides.
+        trigger = _TRIGGER_HEAD.match(text, pos) if first_word.group().lower() == "create" \
+            else None
+        state = _TRIGGER if trigger else _NORMAL
+        pos = trigger.end() if trigger else first_word.end()
+    # Otherwise read tokens while they can still make this a CREATE TRIGGER.
+    while state not in (_NORMAL, _TRIGGER) and pos < n and text[pos] != ";":
+        token = _HEAD_TOKEN.match(text, pos).group()
+        first = token[0]
+        if first in "'\"`[" and (len(token) == 1 or token[-1] not in "'\"`]"):
+            raise _unterminated(text, pos)
+        if first == "/" and text.startswith("/*", pos) and len(token) == 1:
+            raise _unterminated(text, pos)
+        pos += len(token)
+        if first in " \t\n\f\r" or token.startswith(("--", "/*")):
+            continue
+        word = token.lower() if first.isalnum() or first in "_$" or first >= "\x80" else ""
+        if state == _START:
+            state = {"explain": _EXPLAIN, "create": _CREATE}.get(word, _NORMAL)
+        elif state == _EXPLAIN:
+            if word == "create":
+                state = _CREATE
+            elif word in ("explain", "temp", "temporary", "trigger", "end"):
+                state = _NORMAL
+        elif state == _CREATE:
+            if word == "trigger":
+                state = _TRIGGER
+            elif word not in ("temp", "temporary"):
+                state = _NORMAL
+    if state == _TRIGGER:
+        while True:
+            pos = _skip_body(text, pos)
+            if pos >= n:
+                raise SQLSplitError("CREATE TRIGGER has no END", start, _line_at(text, start))
+            if text[pos] != ";":
+                raise _unterminated(text, pos)
+            pos += 1
+            end_match = _TRIGGER_END.match(text, pos)
+            if end_match:
+                pos = end_match.end() - len(end_match.group(1))
+                break
+            # Every ';' of this run of blanks, comments and ';' leads to the
+            # same next token, which is not an ending END: skip the run.
+            pos = _GAP.match(text, pos).end()
+    else:
+        pos = _skip_body(text, pos)
+    if pos < n:
+        if text[pos] != ";":
+            raise _unterminated(text, pos)
+        end = pos + 1
+        complete = text[start:end]
+    else:
+        end = n
+        complete = text[start:end] + "\n;"
+    if not sqlite3.complete_statement(complete):
+        raise SQLSplitError("incomplete statement", start, _line_at(text, start))
+    return end
 
 
 def split_sql(text: str) -> List[Statement]:
@@ -341,76 +434,17 @@ def split_sql(text: str) -> List[Statement]:
     pos = _GAP.match(text).end()
     while pos < n:
         start = pos
-        keyword = ""
-        state = _START
-        first_word = _FIRST_WORD.match(text, pos)
-        if first_word:
-            # The common case at once: any first word but EXPLAIN decides.
-            word = first_word.group().lower()
-            if word != "explain":
-                keyword = word.upper()
-                trigger = _TRIGGER_HEAD.match(text, pos) if word == "create" else None
-                state = _TRIGGER if trigger else _NORMAL
-                pos = trigger.end() if trigger else first_word.end()
-        # Otherwise read tokens while they can still make this a CREATE TRIGGER.
-        while state not in (_NORMAL, _TRIGGER) and pos < n and text[pos] != ";":
-            token = _HEAD_TOKEN.match(text, pos).group()
-            first = token[0]
-            if first in "'\"`[" and (len(token) == 1 or token[-1] not in "'\"`]"):
-                raise _unterminated(text, pos)
-            if first == "/" and text.startswith("/*", pos) and len(token) == 1:
-                raise _unterminated(text, pos)
-            pos += len(token)
-            if first in " \t\n\f\r" or token.startswith(("--", "/*")):
-                continue
-            word = token.lower() if first.isalnum() or first in "_$" or first >= "\x80" else ""
-            if not keyword:
-                keyword = word.upper() if word else "?"
-            if state == _START:
-                state = {"explain": _EXPLAIN, "create": _CREATE}.get(word, _NORMAL)
-            elif state == _EXPLAIN:
-                if word == "create":
-                    state = _CREATE
-                elif word in ("explain", "temp", "temporary", "trigger", "end"):
-                    state = _NORMAL
-            elif state == _CREATE:
-                if word == "trigger":
-                    state = _TRIGGER
-                elif word not in ("temp", "temporary"):
-                    state = _NORMAL
-        if state == _TRIGGER:
-            while True:
-                pos = _skip_body(text, pos)
-                if pos >= n:
-                    raise SQLSplitError(
-                        "CREATE TRIGGER has no END", start, _line_at(text, start)
-                    )
-                if text[pos] != ";":
-                    raise _unterminated(text, pos)
-                pos += 1
-                end_match = _TRIGGER_END.match(text, pos)
-                if end_match:
-                    pos = end_match.end() - len(end_match.group(1))
-                    break
-                # Every ';' of this run of blanks, comments and ';' leads to the
-                # same next token, which is not an ending END: skip the run.
-                pos = _GAP.match(text, pos).end()
-        else:
-            pos = _skip_body(text, pos)
-        if pos < n:
-            if text[pos] != ";":
-                raise _unterminated(text, pos)
-            end = pos + 1
-            complete = text[start:end]
-        else:
-            end = n
-            complete = text[start:end] + "\n;"
-        sql = text[start:end]
+        # A statement starts at a token: a word gives its keyword; a quote,
+        # a number or punctuation gives none.
+        first_word = _FIRST_WORD.match(text, start)
+        keyword = first_word.group().upper() if first_word else ""
+        sql = _statement_by_sqlite(text, start, first_word.end() if first_word else start)
+        if sql is None:
+            sql = text[start:_end_by_scanning(text, start)]
+        end = start + len(sql)
         line += text.count("\n", counted, start)
         counted = start
-        if not sqlite3.complete_statement(complete):
-            raise SQLSplitError("incomplete statement", start, line)
-        statements.append(Statement(sql, line, keyword if keyword != "?" else "", start, end))
+        statements.append(Statement(sql, line, keyword, start, end))
         pos = _GAP.match(text, end).end()
     return statements
 
