@@ -2645,7 +2645,29 @@ class UsageError(SystemExit):
         super().__init__(EXIT_USAGE)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized as shutil.get_terminal_size would size it,
+    without importing shutil: argparse builds a formatter for every option
+    it adds, and shutil brings the compression modules along on every run."""
+
+    def __init__(self, prog: str, **options) -> None:
+        if options.get("width") is None:
+            try:
+                columns = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                try:
+                    columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    columns = 80
+            options["width"] = columns - 2
+        super().__init__(prog, **options)
+
+
 class ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # type: ignore[override]
         self.print_usage(sys.stderr)
         text = f"{self.prog}: error: {message}"
@@ -2654,14 +2676,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    output = argparse.ArgumentParser(add_help=False)
+    output = ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout and nothing else there")
     output.add_argument("--quiet", "-q", action="store_true", help="print errors only")
     output.add_argument("--verbose", "-v", action="store_true",
                         help="log each statement with its timing to stderr;"
                              " show tracebacks")
-    folder = argparse.ArgumentParser(add_help=False)
+    folder = ArgumentParser(add_help=False)
     folder.add_argument("--migrations-dir", metavar="DIR",
                         help="folder of NNNN_description.sql files (default: ./migrations,"
                              " or the wrangler config's migrations_dir)")
@@ -2675,7 +2697,7 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--persist-to", metavar="DIR",
                         help="with --wrangler-config: wrangler's --persist-to folder"
                              " (default: .wrangler/state beside the config)")
-    common = argparse.ArgumentParser(add_help=False, parents=[output, folder])
+    common = ArgumentParser(add_help=False, parents=[output, folder])
     common.add_argument("--env", choices=("dev", "production"), default="dev",
                         help=f"dev: ./{DEFAULT_DB_PATH}; production: the path in"
                              f" ${DB_PATH_VARIABLE} (default: dev)")

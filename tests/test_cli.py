@@ -527,3 +527,26 @@ def test_imports_without_site_packages(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"apply_migrations.py" in proc.stdout
+
+
+def test_a_run_imports_only_what_it_needs(tmp_path):
+    # Start-up is part of every run's cost (bench/): argparse must not pull in
+    # shutil and the compression modules, nor a command the wrangler config
+    # readers' json, nor anything the D1 client needs.
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_a.sql").write_text("CREATE TABLE a (x);\n")
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); import apply_migrations;"
+         " code = apply_migrations.main(['apply', '--db-path', 'x.db']);"
+         " print(code, sorted(sys.modules))", str(TOOL_PATH.parent)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path), timeout=60,
+        universal_newlines=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    code, _, modules = proc.stdout.strip().splitlines()[-1].partition(" ")
+    assert code == "0"
+    imported = set(ast.literal_eval(modules))
+    unneeded = {"shutil", "bz2", "lzma", "json", "urllib.request", "http.client", "socket",
+                "hmac", "tomllib", "traceback"}
+    assert not imported & unneeded
