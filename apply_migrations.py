@@ -269,15 +269,17 @@ _ID_CHAR = r"^\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f"
 _COMMENT = r"--[^\n]*(?:\n|\Z)|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/"
 _SPACE = r"[ \t\n\f\r]+"
 _GAP = re.compile(rf"(?:{_SPACE}|{_COMMENT}|;)*")
+# The scanner's patterns (_BODY to _TRIGGER_END) stay text until a statement
+# needs the scanner (re caches what it compiles): most runs never do, and
+# compiling them costs a millisecond of every start.
 # Up to a few hundred tokens per match: `re` keeps a backtracking mark for
 # each repetition, so an unbounded `*` over a quote-heavy 1 MB statement
 # would hold ten times its size; _skip_body loops instead.
-_BODY = re.compile(
+_BODY = (
     rf"""(?:[^;'"`\[/\-]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|{_COMMENT}|/(?!\*)|-(?!-)){{0,256}}"""
 )
-_HEAD_TOKEN = re.compile(
-    rf"""(?:{_SPACE}|{_COMMENT})+|[{_ID_CHAR}]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|[^;]""",
-    re.DOTALL,
+_HEAD_TOKEN = (
+    rf"""(?s)(?:{_SPACE}|{_COMMENT})+|[{_ID_CHAR}]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|[^;]"""
 )
 # One whitespace character per step: with `[ \t\n\f\r]+` inside the `*`, a
 # failed match would retry every way of cutting a run of blanks (exponential).
@@ -285,15 +287,15 @@ _HEAD_TOKEN = re.compile(
 # The head of a statement, read at once: its first word, and whether CREATE
 # [TEMP] TRIGGER opens it (one blank at a time for the same reason as below).
 _FIRST_WORD = re.compile(rf"[{_ID_CHAR}]+")
-_TRIGGER_HEAD = re.compile(
+_TRIGGER_HEAD = (
     rf"[Cc][Rr][Ee][Aa][Tt][Ee](?:[ \t\n\f\r]|{_COMMENT}"
     rf"|[Tt][Ee][Mm][Pp](?:[Oo][Rr][Aa][Rr][Yy])?(?![{_ID_CHAR}]))*?"
     rf"(?<![{_ID_CHAR}])[Tt][Rr][Ii][Gg][Gg][Ee][Rr](?![{_ID_CHAR}])"
 )
-_TRIGGER_END = re.compile(
+_TRIGGER_END = (
     rf"(?:[ \t\n\f\r;]|{_COMMENT})*[Ee][Nn][Dd](?![{_ID_CHAR}])(?:[ \t\n\f\r]|{_COMMENT})*(;|\Z)"
 )
-_IDENTIFIER = re.compile(rf"[{_ID_CHAR}]+\Z")
+_IDENTIFIER = rf"[{_ID_CHAR}]+\Z"
 _UNTERMINATED = {
     "'": "unterminated string literal",
     '"': 'unterminated "quoted" identifier',
@@ -310,8 +312,9 @@ def _skip_body(text: str, pos: int) -> int:
     """The position of the next ';' outside strings and comments (or of an
     unterminated string or comment, or the end of the text)."""
     n = len(text)
+    body = re.compile(_BODY)
     while True:
-        end = _BODY.match(text, pos).end()
+        end = body.match(text, pos).end()
         if end == pos or end >= n or text[end] == ";":
             return end
         pos = end
@@ -355,16 +358,17 @@ def _end_by_scanning(text: str, start: int) -> int:
     n = len(text)
     pos = start
     state = _START
+    head_token = re.compile(_HEAD_TOKEN)
     first_word = _FIRST_WORD.match(text, pos)
-    if first_word and first_word.group().lower() != "explain":
+    word = first_word.group().lower() if first_word else ""
+    if first_word and word != "explain":
         # The common case at once: any first word but EXPLAIN decides.
-        trigger = _TRIGGER_HEAD.match(text, pos) if first_word.group().lower() == "create" \
-            else None
+        trigger = re.compile(_TRIGGER_HEAD).match(text, pos) if word == "create" else None
         state = _TRIGGER if trigger else _NORMAL
         pos = trigger.end() if trigger else first_word.end()
     # Otherwise read tokens while they can still make this a CREATE TRIGGER.
     while state not in (_NORMAL, _TRIGGER) and pos < n and text[pos] != ";":
-        token = _HEAD_TOKEN.match(text, pos).group()
+        token = head_token.match(text, pos).group()
         first = token[0]
         if first in "'\"`[" and (len(token) == 1 or token[-1] not in "'\"`]"):
             raise _unterminated(text, pos)
@@ -394,7 +398,7 @@ def _end_by_scanning(text: str, start: int) -> int:
             if text[pos] != ";":
                 raise _unterminated(text, pos)
             pos += 1
-            end_match = _TRIGGER_END.match(text, pos)
+            end_match = re.compile(_TRIGGER_END).match(text, pos)
             if end_match:
                 pos = end_match.end() - len(end_match.group(1))
                 break
@@ -1745,7 +1749,7 @@ def d1_sql(statement: Statement) -> str:
     if statement.keyword != "CREATE":
         return statement.sql
     sql = statement.sql
-    words = [m for m in _HEAD_TOKEN.finditer(sql) if _IDENTIFIER.match(m.group())]
+    words = [m for m in re.finditer(_HEAD_TOKEN, sql) if re.match(_IDENTIFIER, m.group())]
     lowered = [m.group().lower() for m in words[:3]]
     if "trigger" not in lowered[1:3] or (lowered[1] != "trigger" and
                                          lowered[1] not in ("temp", "temporary")):
