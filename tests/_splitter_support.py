@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import apply_migrations
 
+
 @pytest.fixture(autouse=True, scope="module",
                 params=["complete_statement first", "scanner alone"])
 def both_splitter_paths(request):

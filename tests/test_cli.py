@@ -530,9 +530,9 @@ def test_imports_without_site_packages(tmp_path):
 
 
 def test_a_run_imports_only_what_it_needs(tmp_path):
-    # Start-up is part of every run's cost (bench/): argparse must not pull in
-    # shutil and the compression modules, nor a command the wrangler config
-    # readers' json, nor anything the D1 client needs.
+    # Start-up is part of every run's cost (bench/): a local apply must not
+    # import shutil and the compression modules (argparse's formatter would),
+    # json (the wrangler config readers), or what the D1 client needs.
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "0001_a.sql").write_text("CREATE TABLE a (x);\n")
     proc = subprocess.run(
