@@ -29,8 +29,14 @@ import signal
 import sqlite3
 import sys
 import time
+from collections import namedtuple
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+# Hints are for type checkers only (annotations stay strings, see the
+# __future__ import): importing typing would cost every start about 2 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 __version__ = "1.0.0"
 
@@ -212,43 +218,46 @@ class InvalidUTF8(SQLSplitError):
 # Small data types.
 
 
-class Statement(NamedTuple):
-    """One SQL statement: its text, where it starts and its first keyword."""
-
-    sql: str
-    line: int
-    keyword: str  # upper-cased first word ("CREATE", "BEGIN"), or ""
-    start: int
-    end: int
+# Named tuples with their field types in the docstring (typing.NamedTuple
+# would import typing at every start).
 
 
-# Tracking rows by the number of their version: "0001" and "1" are one
-# migration, so renaming 0001_x.sql to 1_x.sql does not make it pending.
-Applied = Dict[int, "AppliedRow"]
+class Statement(namedtuple("Statement", "sql line keyword start end")):
+    """One SQL statement: its text (str), the line it starts on (int), its
+    upper-cased first word ("CREATE", "BEGIN"; "" if none) and its start and
+    end offsets in the file's text (int)."""
+
+    __slots__ = ()
 
 
-class AppliedRow(NamedTuple):
-    version: str
-    name: str
-    checksum: str
-    applied_at: str
-    duration_ms: float
+class AppliedRow(namedtuple("AppliedRow", TRACKING_COLUMNS)):
+    """A tracking row: version, name, checksum, applied_at (str) and
+    duration_ms (float)."""
+
+    __slots__ = ()
 
 
-class MigrationStatus(NamedTuple):
-    version: str
-    name: str
-    path: Optional[str]  # None when the file is gone
-    state: str  # applied, pending, modified or missing
-    checksum: str  # the file's, or the recorded one when the file is gone
-    applied_at: Optional[str]
-    duration_ms: Optional[float]
+if TYPE_CHECKING:
+    # Tracking rows by the number of their version: "0001" and "1" are one
+    # migration, so renaming 0001_x.sql to 1_x.sql does not make it pending.
+    Applied = Dict[int, AppliedRow]
 
 
-class RollbackResult(NamedTuple):
-    row: AppliedRow
-    down_path: Optional[str]  # None: only the record was removed
-    statements: int
+class MigrationStatus(namedtuple(
+        "MigrationStatus", "version name path state checksum applied_at duration_ms")):
+    """One migration as status shows it: version, name (str); path (None when
+    the file is gone); state: applied, pending, modified or missing; checksum:
+    the file's, or the recorded one when the file is gone; applied_at and
+    duration_ms (None unless applied)."""
+
+    __slots__ = ()
+
+
+class RollbackResult(namedtuple("RollbackResult", "row down_path statements")):
+    """What a rollback undid: the AppliedRow, the down file that ran (None:
+    only the record was removed) and how many statements it had."""
+
+    __slots__ = ()
 
 
 # --------------------------------------------------------------------------
@@ -648,12 +657,14 @@ def _describe_sqlite_error(exc: Exception, db_path: str) -> Optional[MigrationEr
 # wrangler's configuration: where its local D1 database and migrations are.
 
 
-class WranglerDatabase(NamedTuple):
-    name: str  # the binding or database_name it was chosen by
-    database_id: str  # the remote database's id ("" when the config has none)
-    db_path: str  # the local SQLite file `wrangler ... --local` uses
-    migrations_dir: str
-    migrations_table: str
+class WranglerDatabase(namedtuple(
+        "WranglerDatabase", "name database_id db_path migrations_dir migrations_table")):
+    """One D1 database of a wrangler config: the binding or database_name it
+    was chosen by, the remote database's id ("" when the config has none), the
+    local SQLite file `wrangler ... --local` uses, its migrations folder and
+    tracking table (all str)."""
+
+    __slots__ = ()
 
 
 # Patterns only `check` and the wrangler config readers use stay text until
@@ -808,14 +819,12 @@ _CF_RESERVED_NAME = (
     r"(?:[\w\"`\[\]]+\s*\.\s*)?[\"`\[]?(_cf_\w*)")
 
 
-class Finding(NamedTuple):
-    """One problem `check` found: where, how bad, and what to do."""
+class Finding(namedtuple("Finding", "severity path line code message")):
+    """One problem `check` found: severity ("error" or "warning"), path, line
+    (None for the whole file), code and message: where, how bad, and what to
+    do."""
 
-    severity: str  # "error" or "warning"
-    path: str
-    line: Optional[int]
-    code: str
-    message: str
+    __slots__ = ()
 
 
 def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
@@ -936,12 +945,15 @@ def check_folder(migrations_dir: str) -> "tuple[List[Migration], List[Finding]]"
 
 
 # A migration's statements ready to run, each with its 1-based number in the file.
-Prepared = List[Tuple[int, Statement]]
+if TYPE_CHECKING:
+    Prepared = List[Tuple[int, Statement]]
 
 
-class ApplyResult(NamedTuple):
-    applied: List[Migration]  # in this run (with dry_run: what would be)
-    backup_path: Optional[str]
+class ApplyResult(namedtuple("ApplyResult", "applied backup_path")):
+    """The Migrations applied in this run (with dry_run: what would be), and
+    the backup's path (None without one)."""
+
+    __slots__ = ()
 
 
 _FOREIGN_KEYS_PRAGMA = re.compile(r"PRAGMA\s+(?:main\s*\.\s*)?foreign_keys\b", re.IGNORECASE)
