@@ -742,6 +742,29 @@ def _filesystem(path):
     return best
 
 
+def clean_interpreter(bench):
+    """This interpreter in a fresh virtual environment (no pip, no packages).
+
+    A machine's site-packages can hold .pth files that run code at every
+    start (one on the machine that made README's table imports certifi, about
+    20 ms); they add the same time to tool and floor and so pull every
+    start-up-bound ratio towards 1.  A venv leaves them out, as on a clean
+    installation.  If venv is missing (some distributions split it off), the
+    interpreter runs as it is and the JSON says so.
+    """
+    folder = os.path.join(bench.work, "venv")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", folder], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        bench.log("no virtual environment (%s): running %s as it is" % (exc, sys.executable))
+        bench.extra["interpreter"] = "as is (venv failed)"
+        return sys.executable
+    bench.extra["interpreter"] = "fresh venv of %s" % sys.executable
+    scripts = "Scripts" if os.name == "nt" else "bin"
+    return os.path.join(folder, scripts, "python.exe" if os.name == "nt" else "python")
+
+
 def machine_info(python, work):
     cpu = platform.processor() or None
     try:
@@ -927,8 +950,12 @@ def main(argv=None):
     parser.add_argument("--json", default=DEFAULT_JSON, metavar="PATH",
                         help="where to write the results (default bench/results/latest.json)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for the tool and the floor (default: this one)")
+    parser.add_argument("--python", default=None,
+                        help="interpreter for the tool and the floor, run as it is (default: a"
+                             " fresh virtual environment of this one, see --no-venv)")
+    parser.add_argument("--no-venv", dest="venv", action="store_false",
+                        help="run this interpreter as it is, with whatever its site-packages"
+                             " loads at every start")
     parser.add_argument("--tmpdir", default=None,
                         help="where the databases go (default: the system temp dir); tool and"
                              " floor always share it")
@@ -949,7 +976,11 @@ def main(argv=None):
     read_n = single_n = sizes[-1] if args.quick else 1000
 
     bench = Bench(args)
+    if args.python is None:
+        args.python = clean_interpreter(bench) if args.venv else sys.executable
+        bench.python = args.python
     info = machine_info(args.python, bench.work)
+    info["interpreter"] = bench.extra.get("interpreter", "as given" if args.venv else "as is")
     info["fsync"] = bench.fsync_probe()
     bench.log("work dir %s on %s (%s); fdatasync %.0f us median" % (
         bench.work, info["work_mount"], info["work_fstype"], info["fsync"]["median_us"]))
@@ -981,10 +1012,12 @@ def main(argv=None):
 
     rows = build_rows(bench)
     print("## apply_migrations.py benchmark\n")
-    print("%s, %s (%d CPUs); Python %s, SQLite %s; databases on %s (%s); %d runs per figure,"
-          " medians of whole processes; ratio = median of tool/floor over interleaved pairs.\n" % (
+    print("%s, %s (%d CPUs); Python %s (%s), SQLite %s; databases on %s (%s); %d runs per"
+          " figure, medians of whole processes; ratio = median of tool/floor over interleaved"
+          " pairs.\n" % (
               info["platform"], info["cpu_model"], info["cpu_count"] or 0, info["python_version"],
-              info["sqlite_version"], info["work_mount"], info["work_fstype"], args.runs))
+              info["interpreter"], info["sqlite_version"], info["work_mount"],
+              info["work_fstype"], args.runs))
     print(markdown_table(rows))
     print()
     misses = [row for row in rows if row[5] == "FAIL"]
