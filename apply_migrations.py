@@ -616,6 +616,16 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "database is locked" in message or "database is busy" in message
 
 
+def _in_wal_mode(path: str) -> bool:
+    """Whether the database file's header says WAL (read and write versions 2)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return False
+    return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
+
+
 def _sqlite_uri(path: str, mode: str) -> str:
     """A file: URI for path; only the characters URIs give a meaning are escaped."""
     escaped = path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
@@ -1045,11 +1055,16 @@ class Migrator:
                     f"the folder {os.path.dirname(path) or folder} of database {path}"
                     " does not exist"
                 )
-            # A journal left by a crash must be rolled back before anything can
-            # be read, which a read-only connection cannot do: then open
-            # read-write, still without creating anything.
-            hot = readonly and os.path.exists(path + "-journal")
-            target = _sqlite_uri(path, "rw" if hot else "ro" if readonly else "rwc")
+            # Read-write, which never creates the database, where read-only
+            # would leave something behind: a journal left by a crash must be
+            # rolled back before anything can be read; and reading a WAL
+            # database creates -wal and -shm files, which only a read-write
+            # connection removes when it closes last.  Either way only reads
+            # are issued.
+            leaves_files = readonly and (
+                os.path.exists(path + "-journal")
+                or (_in_wal_mode(path) and not os.path.exists(path + "-wal")))
+            target = _sqlite_uri(path, "rw" if leaves_files else "ro" if readonly else "rwc")
         try:
             conn = sqlite3.connect(
                 target,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sqlite3
 from pathlib import Path
 from typing import List
 
@@ -155,15 +156,21 @@ def test_applied_then_crlf_converted_stays_applied(tmp_path_factory, run_cli, bo
 # 11. status never writes.
 
 
-@pytest.mark.parametrize("start", ["missing-db", "no-tracking-table", "tracking-table"])
+@pytest.mark.parametrize("start", ["missing-db", "no-tracking-table", "tracking-table",
+                                   "wal-mode"])
 def test_status_creates_nothing(project, run_cli, write_migration, start):
-    """status never creates the database file or the tracking table, and
-    never changes a byte of an existing database."""
+    """status never creates the database file or the tracking table, never
+    changes a byte of an existing database, and leaves no -wal or -shm file
+    behind (reading a WAL database makes both)."""
     write_migration("0001_a.sql", "CREATE TABLE a (x);\n")
     db = project / DB
-    if start == "tracking-table":
+    if start in ("tracking-table", "wal-mode"):
         assert run_cli(["apply"])[0] == 0
         write_migration("0002_b.sql", "CREATE TABLE b (x);\n")
+    if start == "wal-mode":
+        conn = sqlite3.connect(str(db))
+        assert conn.execute("PRAGMA journal_mode = wal").fetchone()[0] == "wal"
+        conn.close()
     elif start == "no-tracking-table":
         create_db(db, "CREATE TABLE legacy (id INTEGER PRIMARY KEY); INSERT INTO legacy VALUES (1);")
     before = db.read_bytes() if db.exists() else None
