@@ -750,7 +750,7 @@ def clean_interpreter(bench):
     20 ms); they add the same time to tool and floor and so pull every
     start-up-bound ratio towards 1.  A venv leaves them out, as on a clean
     installation.  If venv is missing (some distributions split it off), the
-    interpreter runs as it is and the JSON says so.
+    interpreter runs as it is.  Returns the interpreter and how it runs.
     """
     folder = os.path.join(bench.work, "venv")
     try:
@@ -758,11 +758,10 @@ def clean_interpreter(bench):
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     except (OSError, subprocess.CalledProcessError) as exc:
         bench.log("no virtual environment (%s): running %s as it is" % (exc, sys.executable))
-        bench.extra["interpreter"] = "as is (venv failed)"
-        return sys.executable
-    bench.extra["interpreter"] = "fresh venv of %s" % sys.executable
+        return sys.executable, "as is (venv failed)"
     scripts = "Scripts" if os.name == "nt" else "bin"
-    return os.path.join(folder, scripts, "python.exe" if os.name == "nt" else "python")
+    python = os.path.join(folder, scripts, "python.exe" if os.name == "nt" else "python")
+    return python, "fresh venv of %s" % sys.executable
 
 
 def machine_info(python, work):
@@ -976,11 +975,15 @@ def main(argv=None):
     read_n = single_n = sizes[-1] if args.quick else 1000
 
     bench = Bench(args)
-    if args.python is None:
-        args.python = clean_interpreter(bench) if args.venv else sys.executable
-        bench.python = args.python
+    if args.python is not None:
+        how = "as given"
+    elif args.venv:
+        args.python, how = clean_interpreter(bench)
+    else:
+        args.python, how = sys.executable, "as is"
+    bench.python = args.python
     info = machine_info(args.python, bench.work)
-    info["interpreter"] = bench.extra.get("interpreter", "as given" if args.venv else "as is")
+    info["interpreter"] = how
     info["fsync"] = bench.fsync_probe()
     bench.log("work dir %s on %s (%s); fdatasync %.0f us median" % (
         bench.work, info["work_mount"], info["work_fstype"], info["fsync"]["median_us"]))
