@@ -529,9 +529,19 @@ class Migration:
         return self._checksum
 
     def statements(self) -> List[Statement]:
-        """The file's statements, or MigrationFailed naming the file and line."""
+        """The file's statements, or MigrationFailed naming the file and line.
+
+        The checksum is taken from the same bytes first (the tracking row
+        must describe what runs), then the bytes are let go: a run keeps
+        every pending file's statements until it ends, and a large data
+        migration need not stay in memory twice.
+        """
+        data = self.data
+        if self._checksum is None:
+            self._checksum = file_checksum(data)
+        self._data = None
         try:
-            return split_sql(decode_sql(self.data))
+            return split_sql(decode_sql(data))
         except SQLSplitError as exc:
             raise MigrationFailed(self.name, self.path, exc.reason, line=exc.line) from None
 

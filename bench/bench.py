@@ -38,6 +38,9 @@ FLOOR = os.path.join(HERE, "floor.py")
 DEFAULT_JSON = os.path.join(HERE, "results", "latest.json")
 DEFAULT_SEED = 20240601
 DEFAULT_RUNS = 7
+# Info rows: the tool imported as a module, with its bytecode cached, so that
+# no start-up compile (and no AST that a script keeps while it runs) counts.
+MODULE_NOTE = ", tool run as `python -m apply_migrations` (bytecode cached)"
 
 # --------------------------------------------------------------------------
 # The generator: N realistic migrations, the same bytes for the same seed.
@@ -513,12 +516,20 @@ class Bench:
     def tool_cmd(self, *argv):
         return [self.python, TOOL] + list(argv)
 
+    def tool_argv(self, module, *argv):
+        """The tool's command line: as a script, or as `python -m apply_migrations`."""
+        if module:
+            return [self.python, "-m", "apply_migrations"] + list(argv)
+        return self.tool_cmd(*argv)
+
     def module_env(self):
         """An environment in which `python -m apply_migrations` (run from the
-        repository) can cache its bytecode, outside the repository."""
+        repository) caches its bytecode, outside the repository; the cache is
+        written by a first run here, so the timed runs find it."""
         env = dict(os.environ)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = os.path.join(self.work, "pycache")
+        run_child(self.tool_argv(True, "--version"), env=env)
         return env
 
     def floor_cmd(self, *argv):
@@ -556,7 +567,7 @@ class Bench:
         label = ("apply --single-transaction N=%d vs one-transaction floor" % n if single
                  else "apply N=%d" % n)
         if module:
-            label += ", tool run as `python -m apply_migrations` (bytecode cached)"
+            label += MODULE_NOTE
         if nosync:
             key, label = "floor_nosync_%d" % n, "floor N=%d, synchronous FULL vs OFF" % n
         series = Series(key, label)
@@ -568,15 +579,9 @@ class Bench:
             floor_run = self._applier(key + "-off", folder, n,
                                       lambda db, d: self.floor_cmd("apply", db, d, "--nosync"))
         else:
-            env = None
-            tool_cmd = lambda db, d: self.tool_cmd(  # noqa: E731
-                "apply", "--db-path", db, "--migrations-dir", d, *extra)
-            if module:
-                env = self.module_env()
-                run_child([self.python, "-m", "apply_migrations", "--version"], env=env)
-                tool_cmd = lambda db, d: [  # noqa: E731
-                    self.python, "-m", "apply_migrations", "apply", "--db-path", db,
-                    "--migrations-dir", d, *extra]
+            env = self.module_env() if module else None
+            tool_cmd = lambda db, d: self.tool_argv(  # noqa: E731
+                module, "apply", "--db-path", db, "--migrations-dir", d, *extra)
             tool_run = self._applier(key + "-tool", folder, n, tool_cmd, check_against=True,
                                      env=env)
             floor_run = self._applier(
@@ -614,24 +619,29 @@ class Bench:
             raise ChildFailed("no-op apply changed the database")
         _remove_db(db)
 
-    def big_series(self, kind):
+    def big_series(self, kind, module=False):
         folder = os.path.join(self.work, kind)
+        if kind not in self.meta:
+            write = write_big_insert if kind == "big_insert" else write_big_literal
+            self.meta[kind] = write(folder)
         if kind == "big_insert":
-            self.meta[kind] = write_big_insert(folder)
             label = "one %.1f MB INSERT of %d rows" % (self.meta[kind]["bytes"] / 1e6,
                                                        self.meta[kind]["rows"])
         else:
-            self.meta[kind] = write_big_literal(folder)
             label = "one %.1f MB string literal" % (self.meta[kind]["bytes"] / 1e6)
-        series = Series(kind, label)
+        key = kind + ("_module" if module else "")
+        if module:
+            label += MODULE_NOTE
+        series = Series(key, label)
         self.schemas = {}
-        tool_run = self._applier(kind + "-tool", folder, 2, lambda db, d: self.tool_cmd(
-            "apply", "--db-path", db, "--migrations-dir", d), check_against=True)
-        floor_run = self._applier(kind + "-floor", folder, 2,
+        env = self.module_env() if module else None
+        tool_run = self._applier(key + "-tool", folder, 2, lambda db, d: self.tool_argv(
+            module, "apply", "--db-path", db, "--migrations-dir", d), check_against=True, env=env)
+        floor_run = self._applier(key + "-floor", folder, 2,
                                   lambda db, d: self.floor_cmd("apply", db, d), check_against=True)
         self.log("%s ..." % label)
         paired(series, self.args.runs, tool_run, floor_run, log=self.log)
-        self.series[kind] = series
+        self.series[key] = series
 
     def startup_series(self):
         series = Series("startup", "start-up: apply_migrations.py --version vs python -c \"import sqlite3, hashlib\"")
@@ -998,6 +1008,7 @@ def main(argv=None):
             bench.apply_series(single_n, nosync=True)
         bench.read_series(read_n)
         bench.big_series("big_insert")
+        bench.big_series("big_insert", module=True)
         bench.big_series("big_literal")
         bench.startup_series()
         bench.import_time()

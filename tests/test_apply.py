@@ -10,9 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from typing import List
 
 import pytest
+
+import apply_migrations
 
 from conftest import BUNDLED_MIGRATIONS, ENV_CLEARED, TOOL_PATH
 from dbhelpers import (applied_names, create_db, expected_checksum, full_tracking_rows, query,
@@ -135,6 +138,37 @@ def test_tracking_table_schema_and_rows(project, run_cli, write_migration):
         when = datetime.datetime.strptime(applied_at[:19], "%Y-%m-%dT%H:%M:%S")
         assert started - datetime.timedelta(seconds=2) <= when <= finished + datetime.timedelta(seconds=2)
         assert isinstance(duration_ms, (int, float)) and duration_ms >= 0
+
+
+def test_checksum_is_of_the_bytes_that_ran(tmp_path):
+    # Once a file is split its bytes are let go; the checksum must still be
+    # of those bytes, not of whatever the file holds by the time it is asked.
+    path = tmp_path / "0001_t.sql"
+    ran = b"CREATE TABLE t (x);\n"
+    path.write_bytes(ran)
+    migration = apply_migrations.Migration("0001", "0001_t", str(path))
+    statements = migration.statements()
+    path.write_bytes(b"CREATE TABLE edited_meanwhile (x);\n")
+    assert [s.sql for s in statements] == ["CREATE TABLE t (x);"]
+    assert migration.checksum == expected_checksum(ran)
+
+
+def test_a_split_migration_holds_its_text_once(tmp_path):
+    # A run keeps every pending file's statements until it ends: not also
+    # its bytes, or a large data migration would sit in memory twice.
+    size = 4_000_000
+    path = tmp_path / "0001_big.sql"
+    path.write_bytes(b"INSERT INTO t VALUES ('" + b"x" * size + b"');\n")
+    migration = apply_migrations.Migration("0001", "0001_big", str(path))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        statements = migration.statements()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(statements[0].sql) > size
+    assert held < 1.5 * size, held
 
 
 # --------------------------------------------------------------------------
