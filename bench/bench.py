@@ -508,29 +508,32 @@ class Bench:
         self.series = {}
         self.meta = {}
         self.extra = {}
+        self._module_env = None
 
     def log(self, text):
         if not self.args.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    def tool_cmd(self, *argv):
+    def tool_cmd(self, *argv, module=False):
+        """The tool's command line: the script, or `python -m apply_migrations`
+        (for every figure with --module)."""
+        if module or self.args.module:
+            return [self.python, "-m", "apply_migrations"] + list(argv)
         return [self.python, TOOL] + list(argv)
 
-    def tool_argv(self, module, *argv):
-        """The tool's command line: as a script, or as `python -m apply_migrations`."""
-        if module:
-            return [self.python, "-m", "apply_migrations"] + list(argv)
-        return self.tool_cmd(*argv)
-
-    def module_env(self):
-        """An environment in which `python -m apply_migrations` (run from the
-        repository) caches its bytecode, outside the repository; the cache is
-        written by a first run here, so the timed runs find it."""
-        env = dict(os.environ)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = os.path.join(self.work, "pycache")
-        run_child(self.tool_argv(True, "--version"), env=env)
-        return env
+    def tool_env(self, module=False):
+        """None for the script.  For the module, an environment in which it
+        (run from the repository) caches its bytecode, outside the
+        repository; a first run here writes the cache, so timed runs find it."""
+        if not (module or self.args.module):
+            return None
+        if self._module_env is None:
+            env = dict(os.environ)
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = os.path.join(self.work, "pycache")
+            run_child(self.tool_cmd("--version", module=True), env=env)
+            self._module_env = env
+        return self._module_env
 
     def floor_cmd(self, *argv):
         return [self.python, FLOOR] + list(argv)
@@ -579,11 +582,10 @@ class Bench:
             floor_run = self._applier(key + "-off", folder, n,
                                       lambda db, d: self.floor_cmd("apply", db, d, "--nosync"))
         else:
-            env = self.module_env() if module else None
-            tool_cmd = lambda db, d: self.tool_argv(  # noqa: E731
-                module, "apply", "--db-path", db, "--migrations-dir", d, *extra)
+            tool_cmd = lambda db, d: self.tool_cmd(  # noqa: E731
+                "apply", "--db-path", db, "--migrations-dir", d, *extra, module=module)
             tool_run = self._applier(key + "-tool", folder, n, tool_cmd, check_against=True,
-                                     env=env)
+                                     env=self.tool_env(module))
             floor_run = self._applier(
                 key + "-floor", folder, n,
                 lambda db, d: self.floor_cmd("apply", db, d, *(["--single"] if single else [])),
@@ -601,7 +603,8 @@ class Bench:
         folder = self.migrations(n)
         db = os.path.join(self.work, "applied-%d.db" % n)
         _remove_db(db)
-        run_child(self.tool_cmd("apply", "--db-path", db, "--migrations-dir", folder))
+        run_child(self.tool_cmd("apply", "--db-path", db, "--migrations-dir", folder),
+                  env=self.tool_env())
         if applied_count(db) != n:
             raise ChildFailed("setup of the read figures failed")
         floor_run = lambda tag: run_child(self.floor_cmd("status", db, folder))  # noqa: E731
@@ -612,7 +615,8 @@ class Bench:
             self.log("%s ..." % label)
             paired(series, self.args.runs,
                    lambda tag: run_child(self.tool_cmd(*argv, "--db-path", db,
-                                                       "--migrations-dir", folder)),
+                                                       "--migrations-dir", folder),
+                                         env=self.tool_env()),
                    floor_run, log=self.log)
             self.series[key] = series
         if applied_count(db) != n:
@@ -634,9 +638,9 @@ class Bench:
             label += MODULE_NOTE
         series = Series(key, label)
         self.schemas = {}
-        env = self.module_env() if module else None
-        tool_run = self._applier(key + "-tool", folder, 2, lambda db, d: self.tool_argv(
-            module, "apply", "--db-path", db, "--migrations-dir", d), check_against=True, env=env)
+        tool_run = self._applier(key + "-tool", folder, 2, lambda db, d: self.tool_cmd(
+            "apply", "--db-path", db, "--migrations-dir", d, module=module), check_against=True,
+            env=self.tool_env(module))
         floor_run = self._applier(key + "-floor", folder, 2,
                                   lambda db, d: self.floor_cmd("apply", db, d), check_against=True)
         self.log("%s ..." % label)
@@ -644,9 +648,12 @@ class Bench:
         self.series[key] = series
 
     def startup_series(self):
-        series = Series("startup", "start-up: apply_migrations.py --version vs python -c \"import sqlite3, hashlib\"")
+        tool = "python -m apply_migrations" if self.args.module else "apply_migrations.py"
+        series = Series("startup", "start-up: %s --version vs python -c \"import sqlite3,"
+                                   " hashlib\"" % tool)
         self.log("start-up ...")
-        paired(series, self.args.runs, lambda tag: run_child(self.tool_cmd("--version")),
+        paired(series, self.args.runs,
+               lambda tag: run_child(self.tool_cmd("--version"), env=self.tool_env()),
                lambda tag: run_child([self.python, "-c", "import sqlite3, hashlib"]), log=self.log)
         self.series["startup"] = series
 
@@ -965,6 +972,9 @@ def main(argv=None):
     parser.add_argument("--no-venv", dest="venv", action="store_false",
                         help="run this interpreter as it is, with whatever its site-packages"
                              " loads at every start")
+    parser.add_argument("--module", action="store_true",
+                        help="run the tool as `python -m apply_migrations` from the repository,"
+                             " its bytecode cached, for every figure (default: the script)")
     parser.add_argument("--tmpdir", default=None,
                         help="where the databases go (default: the system temp dir); tool and"
                              " floor always share it")
@@ -994,6 +1004,8 @@ def main(argv=None):
     bench.python = args.python
     info = machine_info(args.python, bench.work)
     info["interpreter"] = how
+    info["tool_run_as"] = ("tool run as `python -m apply_migrations`, bytecode cached"
+                           if args.module else "tool run as `python apply_migrations.py`")
     info["fsync"] = bench.fsync_probe()
     bench.log("work dir %s on %s (%s); fdatasync %.0f us median" % (
         bench.work, info["work_mount"], info["work_fstype"], info["fsync"]["median_us"]))
@@ -1002,13 +1014,15 @@ def main(argv=None):
     try:
         for n in sizes:
             bench.apply_series(n, runs=args.large_runs if n == 5000 else None)
-        bench.apply_series(sizes[0], module=True)
+        if not args.module:
+            bench.apply_series(sizes[0], module=True)
         bench.apply_series(single_n, single=True)
         if args.fsync_probe:
             bench.apply_series(single_n, nosync=True)
         bench.read_series(read_n)
         bench.big_series("big_insert")
-        bench.big_series("big_insert", module=True)
+        if not args.module:
+            bench.big_series("big_insert", module=True)
         bench.big_series("big_literal")
         bench.startup_series()
         bench.import_time()
@@ -1026,12 +1040,12 @@ def main(argv=None):
 
     rows = build_rows(bench)
     print("## apply_migrations.py benchmark\n")
-    print("%s, %s (%d CPUs); Python %s (%s), SQLite %s; databases on %s (%s); %d runs per"
-          " figure, medians of whole processes; ratio = median of tool/floor over interleaved"
-          " pairs.\n" % (
+    print("%s, %s (%d CPUs); Python %s (%s), SQLite %s; databases on %s (%s); %s; %d runs"
+          " per figure, medians of whole processes; ratio = median of tool/floor over"
+          " interleaved pairs.\n" % (
               info["platform"], info["cpu_model"], info["cpu_count"] or 0, info["python_version"],
               info["interpreter"], info["sqlite_version"], info["work_mount"],
-              info["work_fstype"], args.runs))
+              info["work_fstype"], info["tool_run_as"], args.runs))
     print(markdown_table(rows))
     print()
     misses = [row for row in rows if row[5] == "FAIL"]
