@@ -4,6 +4,7 @@ processes; Python 3.8 compatibility and standard-library-only imports."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import BUNDLED_MIGRATIONS, TOOL_PATH
+from conftest import BUNDLED_MIGRATIONS, ENV_CLEARED, TOOL_PATH
 from dbhelpers import (applied_names, full_tracking_rows, query, schema,
                        tables, tracking_rows)
 
@@ -346,6 +347,34 @@ def test_subprocess_apply_and_status_exit_0(project, run_subprocess, two_migrati
     code, out, err = run_subprocess(["status", "--env", "dev"])
     assert code == 0, err
     assert "Applied: 2, Pending: 0, Modified: 0, Missing: 0" in out
+
+
+def test_runs_as_a_module_with_its_bytecode_cached(project, tmp_path, two_migrations):
+    # `python -m apply_migrations` (README, Performance) skips the compile a
+    # script pays on every run: it must behave as the script does, and the
+    # second run must find the cached bytecode.
+    cache = tmp_path / "pycache"
+    environ = dict(os.environ)
+    for name in ENV_CLEARED + ("PYTHONDONTWRITEBYTECODE",):
+        environ.pop(name, None)
+    environ.update(PYTHONPATH=str(TOOL_PATH.parent), PYTHONPYCACHEPREFIX=str(cache))
+
+    def module(*argv):
+        proc = subprocess.run([sys.executable, "-m", "apply_migrations"] + list(argv),
+                              cwd=str(project), env=environ, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    code, out, err = module("apply")
+    assert code == 0, err
+    assert applied_names(project / DB) == ["0001_create_users", "0002_add_posts"]
+    assert list(cache.rglob("apply_migrations.*.pyc")), "no bytecode was cached"
+    code, out, err = module("status", "--exit-code")
+    assert code == 0, err
+    assert "Applied: 2, Pending: 0, Modified: 0, Missing: 0" in out
+    code, out, err = module("apply", "--no-such-option")
+    assert code == 2
+    assert "apply_migrations.py: error:" in err and "Traceback" not in err
 
 
 def test_subprocess_failed_migration_exit_1_traceback_only_verbose(project, run_subprocess,
