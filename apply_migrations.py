@@ -536,9 +536,7 @@ class Migration:
         every pending file's statements until it ends, and a large data
         migration need not stay in memory twice.
         """
-        data = self.data
-        if self._checksum is None:
-            self._checksum = file_checksum(data)
+        data, _ = self.data, self.checksum  # the checksum of these very bytes
         self._data = None
         try:
             return split_sql(decode_sql(data))

@@ -168,6 +168,21 @@ class Watched:
             self.proc.kill()
         self.proc.wait()
 
+    def signal_after(self, needle: str, delay: float, signum: int,
+                     timeout: float = 15) -> Tuple[Optional[int], str, str, float]:
+        """Wait for a stdout line with needle, then delay seconds, send
+        signum and finish: (exit code or None, stdout, stderr, seconds from
+        the signal to the exit)."""
+        try:
+            self.wait_for(needle)
+            time.sleep(delay)
+            sent = time.monotonic()
+            self.proc.send_signal(signum)
+            code, out, err = self.finish(timeout=timeout)
+            return code, out, err, time.monotonic() - sent
+        finally:
+            self.kill()
+
 
 # --------------------------------------------------------------------------
 # 1. Concurrency.
@@ -516,16 +531,8 @@ def write_signal_migrations(write_migration) -> None:
 def test_signal_during_long_statement_rolls_back_promptly(project, write_migration, signum,
                                                           exit_code):
     write_signal_migrations(write_migration)
-    run = Watched(["apply"], project)
-    try:
-        run.wait_for("0002_second")  # printed once 0002 committed; 0003 starts
-        time.sleep(0.5)
-        sent = time.monotonic()
-        run.proc.send_signal(signum)
-        code, out, err = run.finish(timeout=15)
-        took = time.monotonic() - sent
-    finally:
-        run.kill()
+    # "0002_second" is printed once 0002 committed, as 0003 starts.
+    code, out, err, took = Watched(["apply"], project).signal_after("0002_second", 0.5, signum)
     assert code is not None, "still running 15 s after the signal: the statement was not interrupted"
     assert took < 3.0, f"exit came {took:.1f} s after the signal"
     assert code == exit_code, err

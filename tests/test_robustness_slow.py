@@ -137,16 +137,8 @@ def test_signal_at_random_moment_of_long_statement(project, write_migration, see
     write_signal_migrations(write_migration)
     rng = random.Random(3000 + seed)
     signum, exit_code = rng.choice([(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-    run = Watched(["apply"], project)
-    try:
-        run.wait_for("0002_second")
-        time.sleep(rng.uniform(0.05, 2.0))
-        sent = time.monotonic()
-        run.proc.send_signal(signum)
-        code, out, err = run.finish(timeout=15)
-        took = time.monotonic() - sent
-    finally:
-        run.kill()
+    code, out, err, took = Watched(["apply"], project).signal_after(
+        "0002_second", rng.uniform(0.05, 2.0), signum)
     assert code == exit_code and took < 3.0, (code, took, err)
     assert err == "Interrupted: 0003_backfill rolled back; 2 migrations applied in this run\n"
     db = project / DB
