@@ -145,7 +145,7 @@ def test_readme_setup_is_two_commands() -> None:
     block = FENCE.search(setup)
     assert block and block.group(1) == "bash"
     assert block.group(2).strip().splitlines() == [
-        "python apply_migrations.py apply --env dev",
+        "python -m apply_migrations apply --env dev",
         README_TEST_COMMAND,
     ]
 
