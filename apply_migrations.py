@@ -14,6 +14,10 @@ migration is either wholly applied and recorded or not at all.
     python apply_migrations.py new      "Add user indexes"
     python apply_migrations.py check    (what Cloudflare D1 would reject)
 
+From the folder that holds this file, ``python -m apply_migrations`` runs the
+same commands from cached bytecode, without compiling the whole file again
+on every run (as the Makefile and the CI steps do).
+
 --wrangler-config keeps wrangler's own record in step on its local D1 file;
 --d1-remote does all of this on a Cloudflare D1 database over its HTTP API.
 
