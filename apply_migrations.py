@@ -141,6 +141,10 @@ class DatabaseWriteError(MigrationError):
     read-only, disk full)."""
 
 
+class CommitFailed(MigrationError):
+    """COMMIT refused a transaction (a deferred foreign key); it was rolled back."""
+
+
 class TrackingTableError(MigrationError):
     """The tracking table exists but is not one this tool can trust."""
 
@@ -185,6 +189,7 @@ class Interrupted(MigrationError):
         self.applied = 0  # committed in this run before the signal
         self.whole_run = False  # True: one transaction held the whole run
         self.uncertain: Optional[str] = None  # a remote migration in flight
+        self.rolling_back: Optional[str] = None  # the migration a rollback was undoing
         super().__init__("interrupted")
 
     @property
@@ -193,6 +198,9 @@ class Interrupted(MigrationError):
 
     def __str__(self) -> str:
         done = f"{self.applied} migration{'s' if self.applied != 1 else ''}"
+        if self.rolling_back:
+            return (f"Interrupted: the rollback of {self.rolling_back} was undone;"
+                    " it is still applied")
         if self.whole_run:
             return f"Interrupted: the whole run was rolled back; {done} applied in this run"
         if self.uncertain:
@@ -1055,19 +1063,20 @@ class Migrator:
         if self._conn is not None:
             return self._conn
         path = self.db_path
+        if os.path.isdir(path):
+            raise DatabaseConnectError(f"{path} is a directory, not a database file")
+        if readonly and not os.path.exists(path):
+            return None
+        # Also for a dry run's in-memory stand-in: a real run would stop here.
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise DatabaseConnectError(
+                f"the folder {os.path.dirname(path) or folder} of database {path}"
+                " does not exist"
+            )
         if memory:
             target = ":memory:"
         else:
-            if os.path.isdir(path):
-                raise DatabaseConnectError(f"{path} is a directory, not a database file")
-            if readonly and not os.path.exists(path):
-                return None
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                raise DatabaseConnectError(
-                    f"the folder {os.path.dirname(path) or folder} of database {path}"
-                    " does not exist"
-                )
             # Read-write, which never creates the database, where read-only
             # would leave something behind: a journal left by a crash must be
             # rolled back before anything can be read; and reading a WAL
@@ -1126,13 +1135,18 @@ class Migrator:
             self._execute_admin("BEGIN")
         try:
             yield conn
+            # Inside the try: a COMMIT that fails (a deferred foreign key, a
+            # lock that outlasts lock_timeout) leaves the transaction open.
+            if commit:
+                try:
+                    self._wait_for_lock("COMMIT")
+                except sqlite3.Error as exc:
+                    raise CommitFailed(f"{exc} at COMMIT") from exc
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        if commit:
-            self._wait_for_lock("COMMIT")
-        else:
+        if not commit:
             self._execute_admin("ROLLBACK")
 
     def _wait_for_lock(self, sql: str) -> None:
@@ -1164,8 +1178,9 @@ class Migrator:
     def _lock_timeout_error(self) -> DatabaseWriteError:
         return DatabaseWriteError(
             f"Database {self.db_path} stayed locked by another process for"
-            f" {self.lock_timeout:g} s (--lock-timeout); nothing was changed."
-            " Retry when the other migration run or program has finished.")
+            f" {self.lock_timeout:g} s (--lock-timeout); nothing of the current"
+            " migration was kept. Retry when the other migration run or program"
+            " has finished.")
 
     def _execute_admin(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         """Run the tool's own SQL; database-level failures become one clear error."""
@@ -1526,6 +1541,10 @@ class Migrator:
             exc.applied = 0 if whole_run else len(done)
             exc.whole_run = whole_run
             raise
+        except CommitFailed as exc:
+            raise CommitFailed(
+                f"Failed to commit the run to {self.db_path}: {exc}; rolled back the whole"
+                " run (--single-transaction): nothing was applied") from exc
         except MigrationFailed as exc:
             if whole_run:
                 exc.note = (
@@ -1552,7 +1571,11 @@ class Migrator:
                     return None
                 if changed:
                     self.plan(self._applied, target, allow_out_of_order)
-                return self._run(migration, statements, skip=hoisted)
+                duration = self._run(migration, statements, skip=hoisted)
+            return duration
+        except CommitFailed as exc:
+            raise MigrationFailed(migration.name, migration.path,
+                                  f"{exc}; it was rolled back") from exc
         finally:
             if hoisted:
                 self._conn.execute(  # type: ignore[union-attr]
@@ -1603,9 +1626,12 @@ class Migrator:
         instrumented = self.log is not None or self.on_slow_statement is not None
         number, statement = 0, None
         try:
+            # Every statement runs to its last row, as executescript and D1
+            # run it: a SELECT can fail on a later row (malformed JSON).
             if not instrumented:
                 for number, statement in statements:
-                    execute(statement.sql)
+                    for _ in execute(statement.sql):
+                        pass
                     if self._stop_signal is not None:
                         raise Interrupted(self._stop_signal)
                 return
@@ -1615,7 +1641,8 @@ class Migrator:
                 if self.on_slow_statement is not None:
                     self._running = (migration.name, number, statement.line, started)
                     self._next_tick = started + SLOW_STATEMENT_SECONDS
-                execute(statement.sql)
+                for _ in execute(statement.sql):
+                    pass
                 self._running = None
                 self.check_stop()
                 if self.log is not None:
@@ -1652,42 +1679,59 @@ class Migrator:
 
     def _foreign_key_violations(self) -> Optional[str]:
         """PRAGMA foreign_key_check, as text for a message; None if clean."""
-        broken = self._conn.execute("PRAGMA foreign_key_check").fetchall()  # type: ignore[union-attr]
+        try:
+            broken = self._execute_admin("PRAGMA foreign_key_check").fetchall()
+        except sqlite3.Error:
+            # The progress handler aborts a long check on Ctrl-C.
+            self.check_stop()
+            raise
         if not broken:
             return None
         shown = ", ".join(f"{table} rowid {rowid} -> {parent}"
                           for table, rowid, parent, _ in broken[:5])
         return shown + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
 
-    def _check_foreign_keys(self, migration: Migration) -> None:
+    def _check_foreign_keys(self, migration: Migration, action: str = "apply") -> None:
         broken = self._foreign_key_violations()
         if broken:
             raise MigrationFailed(
                 migration.name, migration.path,
                 f"it leaves rows whose foreign keys point nowhere: {broken}"
-                " (PRAGMA foreign_key_check; D1 enforces foreign keys)",
+                " (PRAGMA foreign_key_check; D1 enforces foreign keys)", action=action,
             )
 
     def rollback(self, version: Optional[str] = None, force: bool = False) -> RollbackResult:
         """Undo one applied migration: run its down script, if there is one,
         and delete its tracking row, in one transaction."""
+        # A mistyped --migrations-dir would find no down script and remove
+        # the record alone, leaving the schema as it is.
+        self.migrations()
         if not os.path.exists(self.db_path):
             raise MigrationError(
                 f"Migration {version} not found in applied migrations" if version else
                 f"Nothing to roll back: database {self.db_path} does not exist"
             )
         self._connect()
-        with self.transaction(immediate=True):
-            row = self._choose_rollback(self._read_applied() or {}, version, force)
-            down, statements = self._down_script(row)
-            if down is not None:
-                self._execute_statements(down, statements, action="roll back")
-                if self.foreign_keys:
-                    self._check_foreign_keys(down)
-            self._execute_admin(SQL_DELETE_APPLIED.format(table=self.table), (row.version,))
-            if self._wrangler is not None and self._read_wrangler_rows() is not None:
-                self._execute_admin(SQL_DELETE_WRANGLER.format(table=self._wrangler),
-                                    (row.name + ".sql",))
+        row = down = None
+        try:
+            with self.transaction(immediate=True):
+                row = self._choose_rollback(self._read_applied() or {}, version, force)
+                down, statements = self._down_script(row)
+                if down is not None:
+                    self._execute_statements(down, statements, action="roll back")
+                    if self.foreign_keys:
+                        self._check_foreign_keys(down, action="roll back")
+                self._execute_admin(SQL_DELETE_APPLIED.format(table=self.table),
+                                    (row.version,))
+                if self._wrangler is not None and self._read_wrangler_rows() is not None:
+                    self._execute_admin(SQL_DELETE_WRANGLER.format(table=self._wrangler),
+                                        (row.name + ".sql",))
+        except CommitFailed as exc:
+            raise MigrationFailed(row.name, down.path if down else self.migrations_dir,
+                                  f"{exc}; it was rolled back", action="roll back") from exc
+        except Interrupted as exc:
+            exc.rolling_back = row.name if row else None
+            raise
         return RollbackResult(row, down.path if down else None, len(statements))
 
     def _choose_rollback(self, applied: Applied, version: Optional[str],
@@ -2498,6 +2542,19 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+@contextmanager
+def _stop_on_signals(migrator: Migrator) -> Iterator[None]:
+    """Ctrl-C and SIGTERM ask the migrator to stop at its next safe point
+    (it rolls back what is in progress and raises Interrupted)."""
+    previous = {signum: signal.signal(signum, lambda signum, frame: migrator.request_stop(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def cmd_apply(args: argparse.Namespace, console: Console) -> int:
     if args.dry_run and args.backup is not None:
         raise ConfigurationError("--backup and --dry-run exclude each other:"
@@ -2521,36 +2578,34 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
         console.partial["backup"] = path
         console.say(f"Backed up {migrator.db_path} to {path}")
 
-    def on_signal(signum, frame):
-        migrator.request_stop(signum)
-
     failure: Optional[MigrationError] = None
     with migrator:
         migrations = migrator.migrations()
         _warn_all(console, migrator)
-        previous = {signum: signal.signal(signum, on_signal)
-                    for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
-            result = migrator.apply(
-                target=args.target,
-                allow_out_of_order=args.allow_out_of_order,
-                single_transaction=args.single_transaction,
-                dry_run=args.dry_run,
-                backup=args.backup is not None,
-                backup_path=args.backup or None,
-                on_applied=on_applied,
-                on_backup=on_backup,
-            )
+            with _stop_on_signals(migrator):
+                result = migrator.apply(
+                    target=args.target,
+                    allow_out_of_order=args.allow_out_of_order,
+                    single_transaction=args.single_transaction,
+                    dry_run=args.dry_run,
+                    backup=args.backup is not None,
+                    backup_path=args.backup or None,
+                    on_applied=on_applied,
+                    on_backup=on_backup,
+                )
         except MigrationError as exc:
             failure = exc
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
     rows: List[List[object]] = [[a["version"], a["name"], verb, format_ms(a["duration_ms"])]
                                 for a in applied]  # type: ignore[arg-type]
     if failure is not None:
-        if isinstance(failure, MigrationFailed) and (args.dry_run or args.single_transaction):
+        if args.dry_run or args.single_transaction:
+            # One transaction held the run: what ran in it was rolled back too.
             rows = [[r[0], r[1], "rolled back", r[3]] for r in rows]
+        if args.single_transaction and not args.dry_run:
+            # (A dry run's list stays: what a real run would have applied.)
+            console.partial["rolled_back"] = applied[:]
+            applied.clear()
         name = getattr(failure, "name", None) or getattr(failure, "current", None) or ""
         rows.append(["", name, "FAILED", str(failure)])
         console.step_summary(f"Migrations on {migrator.db_path}: failed", 
@@ -2580,7 +2635,7 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, console: Console) -> int:
-    with _make_migrator(args, console) as migrator:
+    with _make_migrator(args, console) as migrator, _stop_on_signals(migrator):
         result = migrator.rollback(args.version, force=args.force)
     name = result.row.name
     if console.json:
@@ -2656,10 +2711,14 @@ def cmd_new(args: argparse.Namespace, console: Console) -> int:
         # Every number in front of a .sql file counts, also of a misnamed or
         # duplicate one: a number is never reused.
         numbers = [int(match.group(1)) for match in
-                   (re.match(r"(\d+)", name) for name in os.listdir(folder)
+                   (re.match(r"([0-9]+)", name) for name in os.listdir(folder)
                     if name.lower().endswith(".sql")) if match]
     else:
-        os.makedirs(folder)
+        try:
+            os.makedirs(folder)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"Cannot create the migrations folder {folder}: {exc.strerror}") from None
         numbers = []
     number = f"{max(numbers, default=0) + 1:04d}"
     path = os.path.join(folder, f"{number}_{slug}.sql")

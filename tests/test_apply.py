@@ -7,6 +7,7 @@ import datetime
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -607,3 +608,54 @@ def test_sigint_rolls_back_the_running_migration(project, write_migration):
     db = project / DB
     assert applied_names(db) == ["0001_fast"]
     assert "started" not in tables(db) and "numbers" not in tables(db)
+
+
+# -- A COMMIT that fails, and statements that return rows --------------------
+
+DEFERRED_ORPHAN = ("PRAGMA foreign_keys = ON;\nPRAGMA defer_foreign_keys = ON;\n"
+                   "INSERT INTO child (parent_id) VALUES (42);\n")
+
+
+def test_a_commit_that_fails_rolls_back_and_names_the_migration(project, run_cli,
+                                                                  write_migration):
+    """A deferred foreign key fails at COMMIT, not at a statement: the
+    transaction is rolled back (the lock is let go) and the error names the
+    migration."""
+    write_migration("0001_a.sql", "CREATE TABLE parent (id INTEGER PRIMARY KEY);\n"
+                                  "CREATE TABLE child (id INTEGER PRIMARY KEY,"
+                                  " parent_id REFERENCES parent (id));\n")
+    write_migration("0002_b.sql", DEFERRED_ORPHAN)
+    code, out, err = run_cli(["apply"])
+    assert code == 1
+    assert err.splitlines() == [
+        "Error: Failed to apply migration 0002_b: FOREIGN KEY constraint failed at COMMIT;"
+        " it was rolled back (0002_b.sql)"]
+    db = project / "trading_brain.db"
+    assert applied_names(db) == ["0001_a"]
+    assert query(db, "SELECT count(*) FROM child") == [(0,)]
+
+    with apply_migrations.Migrator(str(db), str(project / "migrations")) as migrator:
+        with pytest.raises(apply_migrations.MigrationFailed, match="at COMMIT"):
+            migrator.apply()
+        assert not migrator._conn.in_transaction
+        # The write lock was let go: another writer gets it at once.
+        other = sqlite3.connect(str(db), timeout=0, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        other.close()
+
+
+@pytest.mark.parametrize("extra", [[], ["--verbose"], ["--dry-run"], ["--single-transaction"]],
+                         ids=["plain", "verbose", "dry-run", "single-transaction"])
+def test_a_select_runs_to_its_last_row(project, run_cli, write_migration, extra):
+    """executescript and D1 run a SELECT to its end; so does apply: a later
+    row that fails fails the migration."""
+    write_migration("0001_a.sql", "CREATE TABLE t (x);\n"
+                                  "INSERT INTO t VALUES ('{}'), ('not json');\n"
+                                  "SELECT json(x) FROM t;\n")
+    code, out, err = run_cli(["apply", *extra])
+    assert code == 1, (out, err)
+    assert "Failed to apply migration 0001_a: malformed JSON (0001_a.sql, statement 3, line 3)" \
+        in err
+    db = project / "trading_brain.db"
+    assert (not db.exists()) if extra == ["--dry-run"] else applied_names(db) == []

@@ -286,6 +286,24 @@ def test_new_creates_missing_migrations_folder(project, run_subprocess):
     assert (project / "db" / "deep" / "migs" / "0001_other.sql").is_file()
 
 
+@pytest.mark.parametrize("folder", ["afile", "afile/sub"])
+def test_new_says_when_the_folder_cannot_be_made(project, run_subprocess, folder):
+    (project / "afile").write_text("not a folder\n")
+    code, out, err = run_subprocess(["new", "--migrations-dir", folder, "first"])
+    assert code == 2, err
+    assert stderr_lines(err) == [f"Error: Cannot create the migrations folder {folder}: "
+                                 + ("File exists" if folder == "afile" else "Not a directory")]
+    assert out == "" and (project / "afile").read_text() == "not a folder\n"
+
+
+def test_new_counts_ascii_digits_only(project, run_subprocess, write_migration):
+    write_migration("0001_a.sql", "")
+    write_migration("\u0663\u0663_arabic_digits.sql", "")  # apply ignores it
+    code, out, err = run_subprocess(["new", "next"])
+    assert code == 0, err
+    assert out == "migrations/0002_next.sql\n"
+
+
 def test_new_never_overwrites_a_file_created_meanwhile(project, run_cli, write_migration,
                                                        monkeypatch):
     """Another process creates the very file new chose, after new numbered it
@@ -773,6 +791,32 @@ def test_dry_run_on_missing_database_creates_nothing(project, run_subprocess, wr
     assert snapshot(project) == before
     assert not (project / DB).exists() and not (project / "other.db").exists()
     assert side_files(project / DB) == [] and side_files(project / "other.db") == []
+
+
+def test_dry_run_gives_a_real_runs_exit_code_when_the_folder_is_missing(project, run_subprocess,
+                                                                       write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (x);\n")
+    for extra in ([], ["--dry-run"]):
+        code, out, err = run_subprocess(["apply", "--db-path", "nodir/x.db", *extra])
+        assert code == 2, (extra, out, err)
+        assert stderr_lines(err) == ["Error: Failed to connect to database: the folder nodir"
+                                     " of database nodir/x.db does not exist"]
+    assert not (project / "nodir").exists()
+
+
+def test_single_transaction_failure_lists_nothing_as_applied(project, run_subprocess,
+                                                             write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (x);\n")
+    write_migration("0002_b.sql", "CREATE TABLE b (x);\n")
+    write_migration("0003_x.sql", "INSERT INTO nothing_here VALUES (1);\n")
+    code, out, err = run_subprocess(["apply", "--single-transaction", "--json"])
+    assert code == 1, err
+    payload = parse_json(out)
+    assert payload["applied"] == []
+    assert [a["name"] for a in payload["rolled_back"]] == ["0001_a", "0002_b"]
+    assert payload["error"]["message"].endswith(
+        "rolled back the whole run (--single-transaction): nothing was applied")
+    assert applied_names(project / DB) == []
 
 
 def test_dry_run_on_wal_database_leaves_no_side_files(project, run_subprocess, write_migration):

@@ -545,6 +545,53 @@ def test_signal_during_long_statement_rolls_back_promptly(project, write_migrati
 
 
 @needs_posix
+def test_signal_during_rollback_undoes_the_rollback(project, run_subprocess, write_migration):
+    write_migration("0001_first.sql", "CREATE TABLE first (x);\n")
+    write_migration("0001_first.sql",
+                    "DROP TABLE first;\n"
+                    "CREATE TABLE big (i INTEGER);\n"
+                    "INSERT INTO big WITH RECURSIVE c(i) AS\n"
+                    "  (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000000000)\n"
+                    "  SELECT i FROM c WHERE i % 100 = 0;\n", folder="migrations/down")
+    assert run_subprocess(["apply"])[0] == 0
+    run = Watched(["rollback"], project)
+    try:
+        time.sleep(1.0)  # well into the down script's last statement
+        signalled = time.monotonic()
+        run.proc.send_signal(signal.SIGINT)
+        code, out, err = run.finish(timeout=15)
+    finally:
+        run.kill()
+    assert code == 130, err
+    assert time.monotonic() - signalled < 5
+    assert err == "Interrupted: the rollback of 0001_first was undone; it is still applied\n"
+    db = project / DB
+    assert [r[1] for r in tracking_rows(db)] == ["0001_first"]
+    assert tables(db) == ["first", "schema_migrations"]
+
+
+def test_a_stop_request_interrupts_the_foreign_key_check(project, write_migration):
+    """PRAGMA foreign_key_check of a big table is aborted by a signal, as a
+    statement is, and reported as an interruption, not as an SQLite error."""
+    write_migration("0001_a.sql", "CREATE TABLE later (x);\n")
+    db = project / DB
+    with closing(sqlite3.connect(str(db))) as conn:
+        conn.executescript(
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+            "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id REFERENCES parent (id));"
+            "INSERT INTO parent VALUES (1);"
+            "INSERT INTO child (parent_id) WITH RECURSIVE c(i) AS"
+            " (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 50000) SELECT 1 FROM c;")
+    with apply_migrations.Migrator(str(db), str(project / "migrations"),
+                                   foreign_keys=True) as migrator:
+        migrator.request_stop(signal.SIGINT)
+        with pytest.raises(apply_migrations.Interrupted) as caught:
+            migrator.apply()
+    assert caught.value.exit_code == 130
+    assert "later" not in tables(db)
+
+
+@needs_posix
 def test_interrupted_line_tells_the_truth_at_any_moment(project, write_migration):
     """SIGINT at seeded random moments of a run of 80 small migrations: the
     migration the line says was rolled back is not recorded, and the count

@@ -161,3 +161,15 @@ def test_later_applied_migrations_refuse_unless_forced(project, run_cli, three_a
     assert applied_names(db) == ["9_add_posts", "10_add_tags"]
     assert "users" not in tables(db)
     assert {"posts", "tags"} <= set(tables(db))
+
+
+def test_a_mistyped_migrations_folder_rolls_back_nothing(project, run_cli, three_applied):
+    """Without the folder there is no down script to find: removing the
+    record alone would leave the schema and make the migration pending."""
+    before = schema(project / DB)
+    code, out, err = run_cli(["rollback", "--migrations-dir", "migrationz"])
+    assert code == 2
+    assert error_lines(err) == ["Error: Migrations folder migrationz does not exist;"
+                                " create it or pass --migrations-dir"]
+    assert applied_names(project / DB) == ["0001_initial_schema", "9_add_posts", "10_add_tags"]
+    assert schema(project / DB) == before
