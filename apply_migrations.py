@@ -650,6 +650,9 @@ def _in_wal_mode(path: str) -> bool:
 def _sqlite_uri(path: str, mode: str) -> str:
     """A file: URI for path; only the characters URIs give a meaning are escaped."""
     escaped = path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    if escaped.startswith("//"):
+        # file://x/ would make x the URI's authority: give it an empty one.
+        escaped = "//" + escaped
     return f"file:{escaped}?mode={mode}"
 
 
@@ -1100,20 +1103,28 @@ class Migrator:
         except sqlite3.Error as exc:
             raise DatabaseConnectError(f"cannot open {path} ({exc})") from None
         try:
+            # Waits for a lock happen in _wait_for_lock, where Ctrl-C is
+            # noticed: SQLite's own wait would hold it until the wait ends.
+            busy_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            conn.execute("PRAGMA busy_timeout = 0")
             # Reading the schema surfaces "file is not a database" here, once,
             # instead of in the middle of a command.
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            self._wait_for_lock("SELECT count(*) FROM sqlite_master", conn)
             if self.foreign_keys and not readonly:
                 conn.execute("PRAGMA foreign_keys = ON")
             self._foreign_keys_default = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+            if readonly:
+                # A reader's few short queries after this one wait as SQLite
+                # waits, up to lock_timeout.
+                conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         except sqlite3.Error as exc:
             conn.close()
             raise _describe_sqlite_error(exc, path) or DatabaseConnectError(
                 f"cannot read {path} ({exc})"
             ) from None
-        if not readonly:
-            # Writers wait in _wait_for_lock, where Ctrl-C is noticed.
-            conn.execute("PRAGMA busy_timeout = 0")
+        except BaseException:
+            conn.close()
+            raise
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)
         self._conn = conn
         return conn
@@ -1149,15 +1160,16 @@ class Migrator:
         if not commit:
             self._execute_admin("ROLLBACK")
 
-    def _wait_for_lock(self, sql: str) -> None:
+    def _wait_for_lock(self, sql: str, conn: Optional[sqlite3.Connection] = None) -> None:
         """BEGIN IMMEDIATE or COMMIT, the two statements that wait for other
-        connections (a writer; readers finishing), retried for up to
-        lock_timeout in short steps.  The writing connection has no busy
-        timeout of its own: SQLite's wait would hold a Ctrl-C until it ends,
-        this one notices it within milliseconds.  (Inside the write lock
-        nothing else waits: SQLite does not fail a statement whose cache
-        spill finds readers, it keeps the pages in memory.)"""
-        execute = self._conn.execute  # type: ignore[union-attr]
+        connections (a writer; readers finishing), and the first read,
+        retried for up to lock_timeout in short steps.  The writing
+        connection has no busy timeout of its own: SQLite's wait would hold
+        a Ctrl-C until it ends, this one notices it within milliseconds.
+        (Inside the write lock nothing else waits: SQLite does not fail a
+        statement whose cache spill finds readers, it keeps the pages in
+        memory.)"""
+        execute = (conn or self._conn).execute  # type: ignore[union-attr]
         deadline: Optional[float] = None
         pause = 0.001
         while True:

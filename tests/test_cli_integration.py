@@ -804,6 +804,17 @@ def test_dry_run_gives_a_real_runs_exit_code_when_the_folder_is_missing(project,
     assert not (project / "nodir").exists()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="a POSIX path")
+def test_a_path_with_a_leading_double_slash_is_a_path(project, run_subprocess, write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (x);\n")
+    path = "/" + str(project / "x.db")  # POSIX: //tmp/... is /tmp/...
+    code, out, err = run_subprocess(["apply", "--db-path", path])
+    assert code == 0, err
+    assert applied_names(project / "x.db") == ["0001_a"]
+    code, out, err = run_subprocess(["status", "--db-path", path])
+    assert code == 0 and "Applied: 1, Pending: 0" in out, (out, err)
+
+
 def test_single_transaction_failure_lists_nothing_as_applied(project, run_subprocess,
                                                              write_migration):
     write_migration("0001_a.sql", "CREATE TABLE a (x);\n")

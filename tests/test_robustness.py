@@ -570,6 +570,36 @@ def test_signal_during_rollback_undoes_the_rollback(project, run_subprocess, wri
     assert tables(db) == ["first", "schema_migrations"]
 
 
+@needs_posix
+@pytest.mark.parametrize("command", ["status", "apply"])
+def test_ctrl_c_while_waiting_to_open_a_locked_database(project, run_subprocess,
+                                                        write_migration, command):
+    """Another process holds the database exclusively: the first read waits
+    for it, and Ctrl-C ends that wait at once, not when --lock-timeout ends."""
+    write_migration("0001_first.sql", "CREATE TABLE first (x);\n")
+    assert run_subprocess(["apply"])[0] == 0
+    write_migration("0002_second.sql", "CREATE TABLE second (x);\n")
+    holder = sqlite3.connect(str(project / DB), isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        run = Watched([command, "--lock-timeout", "60"], project)
+        try:
+            time.sleep(1.0)
+            signalled = time.monotonic()
+            run.proc.send_signal(signal.SIGINT)
+            code, out, err = run.finish(timeout=15)
+            took = time.monotonic() - signalled
+        finally:
+            run.kill()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 130, (out, err)
+    assert took < 3, f"exit came {took:.1f} s after the signal"
+    assert err.startswith("Interrupted") and "Traceback" not in err, err
+    assert [r[1] for r in tracking_rows(project / DB)] == ["0001_first"]
+
+
 def test_a_stop_request_interrupts_the_foreign_key_check(project, write_migration):
     """PRAGMA foreign_key_check of a big table is aborted by a signal, as a
     statement is, and reported as an interruption, not as an SQLite error."""
