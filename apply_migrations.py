@@ -1483,15 +1483,7 @@ class Migrator:
         """
         self.migrations()
         self._connect(memory=dry_run and not os.path.exists(self.db_path))
-        if self.foreign_keys:
-            # Checked after each migration, so it must hold before the first:
-            # otherwise old orphans would be blamed on the next migration.
-            broken = self._foreign_key_violations()
-            if broken:
-                raise MigrationError(
-                    f"Database {self.db_path} already has rows whose foreign keys point"
-                    f" nowhere ({broken}) before any migration ran; --foreign-keys checks"
-                    " after each migration, so fix these rows first. Nothing was applied.")
+        self._refuse_old_orphans("applied")
         done: List[Migration] = []
         current: Optional[Migration] = None
         whole_run = single_transaction or dry_run
@@ -1569,14 +1561,9 @@ class Migrator:
                    target: Optional[str], allow_out_of_order: bool) -> Optional[float]:
         """One migration in its own transaction; None if another process
         applied it meanwhile."""
-        # PRAGMA foreign_keys is a no-op inside a transaction, so a file that
-        # starts with it (the table-rebuild recipe) gets it before BEGIN, as
-        # SQLite documents.  D1 ignores it; so does --foreign-keys.
-        hoisted = 0 if self.foreign_keys else _leading_foreign_keys_pragmas(statements)
         try:
-            if hoisted:
-                self._execute_statements(migration, statements[:hoisted])
-            with self.transaction(immediate=True):
+            with self._leading_pragmas_first(migration, statements) as hoisted, \
+                    self.transaction(immediate=True):
                 changed = self._refresh_applied()
                 # Another process may have migrated meanwhile: follow what it did.
                 if migration.number in self._applied:
@@ -1588,6 +1575,23 @@ class Migrator:
         except CommitFailed as exc:
             raise MigrationFailed(migration.name, migration.path,
                                   f"{exc}; it was rolled back") from exc
+
+    @contextmanager
+    def _leading_pragmas_first(self, migration: Optional[Migration], statements: Prepared,
+                               action: str = "apply") -> Iterator[int]:
+        """Run a file's leading PRAGMA foreign_keys before its transaction;
+        yield how many statements that was, and restore the setting after.
+
+        PRAGMA foreign_keys is a no-op inside a transaction, so a file that
+        starts with it (the table-rebuild recipe) gets it before BEGIN, as
+        SQLite documents.  D1 ignores it; so does --foreign-keys.
+        """
+        hoisted = 0 if self.foreign_keys else _leading_foreign_keys_pragmas(statements)
+        try:
+            if hoisted:
+                self._execute_statements(migration, statements[:hoisted],  # type: ignore[arg-type]
+                                         action=action)
+            yield hoisted
         finally:
             if hoisted:
                 self._conn.execute(  # type: ignore[union-attr]
@@ -1703,6 +1707,16 @@ class Migrator:
                           for table, rowid, parent, _ in broken[:5])
         return shown + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
 
+    def _refuse_old_orphans(self, done: str) -> None:
+        """With --foreign-keys the check runs after each file, so it must
+        hold before the first: otherwise old orphans would be blamed on it."""
+        broken = self._foreign_key_violations() if self.foreign_keys else None
+        if broken:
+            raise MigrationError(
+                f"Database {self.db_path} already has rows whose foreign keys point"
+                f" nowhere ({broken}); --foreign-keys checks after each migration,"
+                f" so fix these rows first. Nothing was {done}.")
+
     def _check_foreign_keys(self, migration: Migration, action: str = "apply") -> None:
         broken = self._foreign_key_violations()
         if broken:
@@ -1724,13 +1738,20 @@ class Migrator:
                 f"Nothing to roll back: database {self.db_path} does not exist"
             )
         self._connect()
-        row = down = None
+        # Chosen before the transaction too, so that a down script's leading
+        # PRAGMA foreign_keys can run before BEGIN, as a migration's does.
+        row = self._choose_rollback(self._read_applied() or {}, version, force)
+        down, statements = self._down_script(row)
         try:
-            with self.transaction(immediate=True):
-                row = self._choose_rollback(self._read_applied() or {}, version, force)
-                down, statements = self._down_script(row)
+            with self._leading_pragmas_first(down, statements, "roll back") as hoisted, \
+                    self.transaction(immediate=True):
+                if self._choose_rollback(self._read_applied() or {}, version, force) != row:
+                    raise MigrationError(
+                        f"Another process changed the applied migrations of {self.db_path}"
+                        " while this rollback started; nothing was rolled back. Run it again.")
+                self._refuse_old_orphans("rolled back")
                 if down is not None:
-                    self._execute_statements(down, statements, action="roll back")
+                    self._execute_statements(down, statements[hoisted:], action="roll back")
                     if self.foreign_keys:
                         self._check_foreign_keys(down, action="roll back")
                 self._execute_admin(SQL_DELETE_APPLIED.format(table=self.table),
@@ -1742,7 +1763,7 @@ class Migrator:
             raise MigrationFailed(row.name, down.path if down else self.migrations_dir,
                                   f"{exc}; it was rolled back", action="roll back") from exc
         except Interrupted as exc:
-            exc.rolling_back = row.name if row else None
+            exc.rolling_back = row.name
             raise
         return RollbackResult(row, down.path if down else None, len(statements))
 
@@ -2497,12 +2518,20 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
         created = migrator.init()
     if console.json:
         console.emit({"database": migrator.db_path, "table": TRACKING_TABLE,
-                      "created": created})
-    elif created:
+                      "created": created, "recorded_for_wrangler": migrator.synced})
+        return EXIT_OK
+    if created:
         console.say(f"Initialized {TRACKING_TABLE} in {migrator.db_path}")
-    else:
+    elif not migrator.synced:
         console.say(f"{TRACKING_TABLE} already exists in {migrator.db_path}; nothing to do")
+    _say_synced(console, migrator)
     return EXIT_OK
+
+
+def _say_synced(console: Console, migrator: Migrator) -> None:
+    if migrator.synced:
+        console.say(f"Recorded {_plural(len(migrator.synced), 'migration')} applied earlier"
+                    f" in {migrator.wrangler_table} for wrangler: {', '.join(migrator.synced)}")
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
@@ -2624,9 +2653,7 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
                              ["Version", "Name", "Result", "Duration"], rows)
         raise failure
     done = result.applied
-    if migrator.synced:
-        console.say(f"Recorded {_plural(len(migrator.synced), 'migration')} applied earlier"
-                    f" in {migrator.wrangler_table} for wrangler: {', '.join(migrator.synced)}")
+    _say_synced(console, migrator)
     console.step_summary(
         f"Migrations on {migrator.db_path}: {_plural(len(done), 'migration')} {verb}",
         ["Version", "Name", "Result", "Duration"], rows)

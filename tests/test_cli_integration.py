@@ -484,10 +484,12 @@ def test_rollback_json(project, run_subprocess, write_migration):
 def test_init_json(project, run_subprocess):
     code, out, err = run_subprocess(["init", "--json"])
     assert code == 0, err
-    assert parse_json(out) == {"database": DB, "table": "schema_migrations", "created": True}
+    assert parse_json(out) == {"database": DB, "table": "schema_migrations", "created": True,
+                               "recorded_for_wrangler": []}
     code, out, err = run_subprocess(["init", "--json"])
     assert code == 0, err
-    assert parse_json(out) == {"database": DB, "table": "schema_migrations", "created": False}
+    assert parse_json(out) == {"database": DB, "table": "schema_migrations", "created": False,
+                               "recorded_for_wrangler": []}
 
 
 def test_check_json(project, run_subprocess, write_migration):

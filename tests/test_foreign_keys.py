@@ -12,6 +12,7 @@ all this against D1 itself (`wrangler d1 migrations apply --local`).
 from __future__ import annotations
 
 import json
+from contextlib import closing
 import sqlite3
 import sys
 from pathlib import Path
@@ -308,6 +309,41 @@ def test_rollback_with_foreign_keys_refuses_a_down_script_leaving_orphans(
     # Without the option SQLite does not check, and the down script runs.
     code, out, err = run_cli(["rollback", "--db-path", DB])
     assert code == 0, err
+    assert applied_names(project / DB) == ["0001_schema"]
+
+
+def test_rollback_with_foreign_keys_does_not_blame_old_orphans(project, run_cli,
+                                                               write_migration):
+    write_migration("0001_schema.sql", schema())
+    write_migration("0002_audit.sql", "CREATE TABLE audit (id INTEGER);\n")
+    write_migration("0002_audit.sql", "DROP TABLE audit;\n", folder="migrations/down")
+    assert apply(run_cli, "--foreign-keys")[0] == 0
+    with closing(sqlite3.connect(str(project / DB))) as conn:  # foreign keys off
+        conn.execute("INSERT INTO child (id, parent_id) VALUES (40, 99)")
+        conn.commit()
+    code, out, err = run_cli(["rollback", "--db-path", DB, "--foreign-keys"])
+    assert code == 1
+    assert err.splitlines() == [
+        f"Error: Database {DB} already has rows whose foreign keys point nowhere"
+        " (child rowid 40 -> parent); --foreign-keys checks after each migration,"
+        " so fix these rows first. Nothing was rolled back."]
+    assert applied_names(project / DB) == ["0001_schema", "0002_audit"]
+    assert "audit" in tables(project / DB)
+
+
+def test_a_down_scripts_leading_pragma_takes_effect(project, run_cli, write_migration):
+    write_migration("0001_schema.sql", schema("CASCADE"))
+    write_migration("0002_third.sql", "INSERT INTO parent (id, name) VALUES (3, 'three');\n"
+                    "INSERT INTO child (id, parent_id) VALUES (30, 3);\n")
+    # As in a migration: the pragma runs before the transaction, so the
+    # delete cascades to child 30.
+    write_migration("0002_third.sql", "PRAGMA foreign_keys = ON;\n"
+                    "DELETE FROM parent WHERE id = 3;\n", folder="migrations/down")
+    assert apply(run_cli)[0] == 0
+    code, out, err = run_cli(["rollback", "--db-path", DB])
+    assert code == 0, err
+    assert "(2 statements)" in out
+    assert children(project) == [(10, 1), (11, 2)]
     assert applied_names(project / DB) == ["0001_schema"]
 
 

@@ -491,6 +491,21 @@ def test_apply_backfills_wrangler_rows_for_earlier_runs(wrangler_project, run_cl
     assert code == 0 and "Recorded" not in out
 
 
+def test_init_says_what_it_recorded_for_wrangler(wrangler_project, run_cli, write_migration):
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    db = local_database(wrangler_project)
+    db.parent.mkdir(parents=True)
+    assert run_cli(["apply", "--db-path", str(db)])[0] == 0
+    code, out, err = run_cli(["init", "--wrangler-config", "wrangler.toml"])
+    assert code == 0, err
+    assert wrangler_rows(db) == ["0001_a.sql"]
+    assert out.splitlines() == [
+        "Recorded 1 migration applied earlier in d1_migrations for wrangler: 0001_a"]
+    code, out, err = run_cli(["init", "--wrangler-config", "wrangler.toml", "--json"])
+    assert code == 0 and json.loads(out)["recorded_for_wrangler"] == []
+    assert "nothing to do" in run_cli(["init", "--wrangler-config", "wrangler.toml"])[1]
+
+
 def test_rollback_removes_both_rows(wrangler_project, run_cli, write_migration):
     write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
     write_migration("0002_b.sql", "CREATE TABLE b (id INTEGER);\n")
