@@ -835,21 +835,27 @@ D1_PRAGMAS = frozenset((
     "reverse_unordered_selects",
 ))
 # Text until `check` runs, as the wrangler config patterns above.
-_PRAGMA_NAME = r"(?i)PRAGMA\s+(?:\w+\s*\.\s*)?(\w+)"
+# check's patterns read a statement whose comments are spaces (_without_comments).
+# A name as SQL spells it: quoted, or a bare word.
+_SQL_NAME = r'(?:"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`|\[[^\]]*\]|[^\s.;(]+)'
+_PRAGMA_NAME = rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?(\w+)"
 # Every spelling SQLite reads as "off" (sqlite3GetBoolean), quoted or not.
 _FOREIGN_KEYS_OFF = (
-    r"(?i)PRAGMA\s+(?:\w+\s*\.\s*)?foreign_keys\s*(?:=\s*|\(\s*)"
+    rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?foreign_keys[\"`\]]?\s*(?:=\s*|\(\s*)"
     r"(['\"]?)(?:0+|off|false|no)\1\s*\)?\s*;?\s*\Z")
 _TEMP_OBJECT = (
     r"(?i)CREATE\s+(?:TEMP(?:ORARY)?\s+(TABLE|VIEW|TRIGGER)\b"
-    r"|(?:UNIQUE\s+)?(TABLE|VIEW|TRIGGER|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"|(?:UNIQUE\s+|VIRTUAL\s+)?(TABLE|VIEW|TRIGGER|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     r"[\"`\[]?temp[\"`\]]?\s*\.)")
+# Quoted text is matched whole, so that a comment marker inside it is text.
+_QUOTED_OR_COMMENT = (r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`"""
+                      rf"|\[[^\]]*\]|({_COMMENT})")
 # The only wrapper wrangler removes: exactly this text, case and all.
 WRANGLER_WRAPPER = ("BEGIN TRANSACTION;", "COMMIT;")
 _CF_RESERVED_NAME = (
     r"(?i)(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:UNIQUE\s+)?(?:VIRTUAL\s+)?"
     r"(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-    r"|ALTER\s+TABLE\s+\S+\s+RENAME\s+TO\s+)"
+    rf"|ALTER\s+TABLE\s+(?:{_SQL_NAME}\s*\.\s*)?{_SQL_NAME}\s+RENAME\s+TO\s+)"
     r"(?:[\w\"`\[\]]+\s*\.\s*)?[\"`\[]?(_cf_\w*)")
 
 
@@ -873,6 +879,7 @@ def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
     exact_wrapper = wrapped and (statements[0].sql, statements[-1].sql) == WRANGLER_WRAPPER
     for index, statement in enumerate(statements):
         keyword, sql = statement.keyword, statement.sql
+        words = _without_comments(sql) if keyword in ("PRAGMA", "CREATE", "ALTER") else sql
         if keyword in TRANSACTION_KEYWORDS:
             if wrapped and index in (0, len(statements) - 1) and exact_wrapper:
                 add("warning", statement, "transaction-wrapper",
@@ -888,12 +895,12 @@ def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
                     f"{keyword} is rejected by D1, which runs each migration in its own"
                     " transaction; remove it")
         elif keyword == "PRAGMA":
-            name = re.match(_PRAGMA_NAME, sql)
+            name = re.match(_PRAGMA_NAME, words)
             if name and name.group(1).lower() not in D1_PRAGMAS:
                 add("error", statement, "unauthorized-pragma",
                     f"PRAGMA {name.group(1).lower()} is not authorized on D1;"
                     " remove it")
-            elif re.match(_FOREIGN_KEYS_OFF, sql):
+            elif re.match(_FOREIGN_KEYS_OFF, words):
                 add("error", statement, "foreign-keys-off",
                     "PRAGMA foreign_keys = OFF has no effect on D1, which always enforces"
                     " foreign keys (a DROP TABLE of a parent can delete child rows);"
@@ -907,13 +914,13 @@ def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
                 f"the statement is {size:,} bytes; D1 refuses statements over"
                 f" {D1_MAX_STATEMENT_BYTES:,} bytes, split it (e.g. one INSERT per"
                 " batch of rows)")
-        temporary = re.match(_TEMP_OBJECT, sql) if keyword == "CREATE" else None
+        temporary = re.match(_TEMP_OBJECT, words) if keyword == "CREATE" else None
         if temporary:
             kind = (temporary.group(1) or temporary.group(2)).upper()
             add("error", statement, "temporary-object",
                 f"D1 does not allow TEMP {kind}s; create a regular one, or drop it at"
                 " the end of the migration")
-        reserved = re.match(_CF_RESERVED_NAME, sql) if keyword in ("CREATE", "ALTER") else None
+        reserved = re.match(_CF_RESERVED_NAME, words) if keyword in ("CREATE", "ALTER") else None
         if reserved:
             add("error", statement, "reserved-name",
                 f"the name {reserved.group(1)} starts with _cf_, which D1 reserves;"
@@ -923,6 +930,13 @@ def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
             "the last statement has no ';': wrangler appends its own INSERT to the file"
             " and the migration fails on D1; end it with ';'")
     return findings
+
+
+def _without_comments(sql: str) -> str:
+    """sql with each comment made one space, as SQLite reads it."""
+    if "--" not in sql and "/*" not in sql:
+        return sql
+    return re.sub(_QUOTED_OR_COMMENT, lambda m: " " if m.group(1) else m.group(0), sql)
 
 
 def is_terminated(statement: Statement) -> bool:

@@ -165,6 +165,8 @@ def test_trigger_body_begin_end_is_not_transaction_control(run_cli, write_migrat
     "pragma FOREIGN_KEYS = Off;",
     "PRAGMA main.foreign_keys = no;",
     "PRAGMA foreign_keys = 'off';",
+    "PRAGMA foreign_keys = OFF -- off\n;",
+    'PRAGMA "foreign_keys" = /* no */ OFF;',
 ])
 def test_foreign_keys_off_is_an_error_suggesting_defer(run_cli, write_migration, sql):
     code, finding = only_finding(run_cli, write_migration, sql)
@@ -205,6 +207,11 @@ def test_pragmas_d1_allows_are_not_findings(run_cli, write_migration, sql):
     ("attach 'archive.db' as archive;", "unauthorized-statement", "ATTACH"),
     ("DETACH DATABASE archive;", "unauthorized-statement", "DETACH"),
     ("VACUUM;", "unauthorized-statement", "VACUUM"),
+    ("PRAGMA /* x */ journal_mode = WAL;", "unauthorized-pragma", "PRAGMA journal_mode"),
+    ('PRAGMA "journal_mode" = WAL;', "unauthorized-pragma", "PRAGMA journal_mode"),
+    ("PRAGMA main.[user_version] = 7;", "unauthorized-pragma", "PRAGMA user_version"),
+    ("PRAGMA -- the version\n  user_version = 7;", "unauthorized-pragma",
+     "PRAGMA user_version"),
 ])
 def test_unauthorized_statement_is_an_error(run_cli, write_migration, sql, code, words):
     exit_code, finding = only_finding(run_cli, write_migration, sql)
@@ -223,6 +230,8 @@ D1_REJECTS_UNFLAGGED = [
     "PRAGMA writable_schema = ON;",
     "CREATE TEMP TABLE scratch (a);",
     "CREATE TABLE temp.scratch (a);",
+    "CREATE /* c */ TEMP TABLE scratch (a);",
+    "CREATE VIRTUAL TABLE temp.scratch USING fts5(a);",
 ]
 
 
@@ -279,6 +288,10 @@ def test_statement_of_100000_bytes_is_fine(run_cli, write_migration):
     ("CREATE TRIGGER IF NOT EXISTS main.[_cf_trg] AFTER INSERT ON accounts"
      " BEGIN SELECT 1; END;", "_cf_trg"),
     ("CREATE VIRTUAL TABLE _cf_search USING fts5(body);", "_cf_search"),
+    ("CREATE TABLE /* c */ _cf_cache (k TEXT);", "_cf_cache"),
+    ('ALTER TABLE "my accounts" RENAME TO _cf_cache;', "_cf_cache"),
+    ('ALTER TABLE main."my accounts" RENAME TO "_cf_cache";', "_cf_cache"),
+    ("ALTER TABLE accounts -- old\n RENAME TO _cf_cache;", "_cf_cache"),
 ])
 def test_reserved_cf_name_is_an_error(run_cli, write_migration, sql, name):
     code, finding = only_finding(run_cli, write_migration, sql)
@@ -294,6 +307,8 @@ def test_reserved_cf_name_is_an_error(run_cli, write_migration, sql, name):
     "CREATE TABLE _cf (k TEXT);",
     "CREATE TABLE settings (_cf_flag INTEGER);",
     "CREATE INDEX accounts_name ON accounts (name);",
+    "CREATE TABLE notes (body TEXT DEFAULT '/* _cf_x */');",
+    "CREATE TABLE /* _cf_x */ notes (body TEXT);",
 ])
 def test_names_that_are_not_reserved(run_cli, write_migration, sql):
     no_findings(run_cli, write_migration, sql)
@@ -585,6 +600,12 @@ AGREEMENT = [
     ("CREATE TABLE x_cf_ (a);", False), ("CREATE TABLE t6 (_cf_col);", False),
     ("CREATE TABLE t7 (a);\nCREATE TRIGGER tr7 AFTER INSERT ON t7\nBEGIN\n"
      "    SELECT 1;\nEND;", False),
+    # Comments and quotes where the words are looked for.
+    ("PRAGMA /* x */ journal_mode = WAL;", True), ('PRAGMA "journal_mode" = WAL;', True),
+    ("PRAGMA main.[user_version] = 7;", True),
+    ("CREATE /* c */ TEMP TABLE tmp1 (a);", True), ("CREATE TABLE -- c\n_cf_y (a);", True),
+    ("CREATE VIRTUAL TABLE temp.v1 USING fts5(a);", True),
+    ("CREATE TABLE t10 (a /* _cf_ */);\nPRAGMA /* journal_mode */ optimize;", False),
 ]
 
 
@@ -602,6 +623,22 @@ def test_check_errors_exactly_where_d1_refuses(d1_base, project, write_migration
     verdict = d1_verdict(d1_base, sql)
     assert (verdict is not None) == rejected, verdict
     assert bool(check_errors(project, write_migration, sql)) == rejected
+
+
+# D1's engine refuses a _cf_ name at CREATE, but lets a rename to one through;
+# check flags both, as the prefix is reserved.
+RENAMES_TO_RESERVED = [
+    'CREATE TABLE "my t8" (a);\nALTER TABLE "my t8" RENAME TO _cf_z;',
+    "CREATE TABLE t9 (a);\nALTER TABLE main.t9 /* c */ RENAME TO _cf_w;",
+]
+
+
+@pytest.mark.wrangler
+@pytest.mark.parametrize("sql", RENAMES_TO_RESERVED)
+def test_check_flags_a_rename_to_a_reserved_name_that_d1_lets_through(d1_base, project,
+                                                                       write_migration, sql):
+    assert d1_verdict(d1_base, sql) is None
+    assert check_errors(project, write_migration, sql) == ["reserved-name"]
 
 
 @pytest.mark.wrangler
