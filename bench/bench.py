@@ -536,12 +536,18 @@ class Bench:
         if script or not self.module:
             return None
         if self._module_env is None:
-            env = dict(os.environ)
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            env["PYTHONPYCACHEPREFIX"] = os.path.join(self.work, "pycache")
+            env = self.bytecode_cache_env()
             run_child(self.tool_cmd("--version"), env=env)
             self._module_env = env
         return self._module_env
+
+    def bytecode_cache_env(self):
+        """This environment, with Python caching bytecode under the work
+        folder (never in the repository)."""
+        env = dict(os.environ)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(self.work, "pycache")
+        return env
 
     def floor_cmd(self, *argv):
         return [self.python, FLOOR] + list(argv)
@@ -670,9 +676,7 @@ class Bench:
         interpreter, with its .pyc cached (in a temporary pycache prefix, so
         the repository is not written to) and without."""
         runs = self.args.runs
-        env = dict(os.environ)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = os.path.join(self.work, "pycache")
+        env = self.bytecode_cache_env()
         nocache = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         nocache.pop("PYTHONPYCACHEPREFIX", None)
 

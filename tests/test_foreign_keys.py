@@ -250,6 +250,21 @@ def test_rebuild_keeps_children_and_restores_the_setting(project, run_cli, write
     assert query(db, "PRAGMA foreign_key_check") == []
 
 
+def test_a_deferred_violation_fails_the_single_transaction_at_commit(
+        project, run_cli, write_migration, foreign_keys_on_by_default):
+    # A build that enforces foreign keys: a deferred key is checked at COMMIT.
+    write_migration("0001_schema.sql", "CREATE TABLE parent (id INTEGER PRIMARY KEY);\n"
+                    "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER"
+                    " REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);\n")
+    write_migration("0002_orphan.sql", "INSERT INTO child (parent_id) VALUES (99);\n")
+    code, out, err = apply(run_cli, "--single-transaction")
+    assert code == 1
+    assert err.splitlines() == [
+        f"Error: Failed to commit the run to {DB}: FOREIGN KEY constraint failed at COMMIT;"
+        " rolled back the whole run (--single-transaction): nothing was applied"]
+    assert applied_names(project / DB) == [] and "child" not in tables(project / DB)
+
+
 def test_rebuild_recipe_applies_on_a_default_build(project, run_cli, write_migration):
     write_migration("0001_schema.sql", schema("CASCADE"))
     write_migration("0002_rebuild_parent.sql", REBUILD)
