@@ -14,35 +14,77 @@ migration is either wholly applied and recorded or not at all.
     python apply_migrations.py new      "Add user indexes"
     python apply_migrations.py check    (what Cloudflare D1 would reject)
 
-From the folder that holds this file, ``python -m apply_migrations`` runs the
-same commands from cached bytecode, without compiling the whole file again
-on every run (as the Makefile and the CI steps do).
-
 --wrangler-config keeps wrangler's own record in step on its local D1 file;
 --d1-remote does all of this on a Cloudflare D1 database over its HTTP API.
+As a library (from a test fixture, say):
+
+    with Migrator("test.db", "migrations") as migrator:
+        report = migrator.apply()        # RunReport; raises MigrationError
 
 Standard library only; Python 3.8 or newer.  MIGRATION_SYSTEM.md is the manual.
+
+Map of this file.  Sections run in dependency order: each uses only those
+above it.
+
+  1. Constants ............ table layouts, file names, defaults, exit codes
+  2. Errors ............... MigrationError and its subclasses: what the core raises
+  3. SQL text ............. split_sql, decode_sql, file_checksum: bytes to statements
+  4. The migrations folder  Migration, scan_folder: the one scan that apply,
+                            status, check and new share (names, numbers, links)
+  5. D1 rules ............. D1_RULES, one entry per rule; check_statements, check_folder
+  6. wrangler's config .... read_wrangler_config, wrangler_database
+  7. Options .............. Options: every setting, resolved once (the core's input)
+  8. Outcomes ............. Outcome, RunReport: what happened to each migration
+  9. Bookkeeping .......... the SQL that reads, creates, records and forgets,
+                            for the tool's table and wrangler's, for every target
+ 10. Targets .............. Target (the narrow interface), Step; SQLiteTarget
+ 11. Remote D1 ............ D1Client (HTTP), D1Target
+ 12. The engine ........... Migrator: plan, apply, roll back, status, written once
+ 13. Output ............... Console: text, JSON, GitHub annotations and step
+                            summaries, rendered from outcomes and reports
+ 14. Command line ......... the parser, one function per command, main()
+
+Where a change goes: a per-file option (no transaction, say) is parsed in 4
+and honoured where the targets run a Step (10, 11); a new command such as
+`baseline` is an engine method (12) using Bookkeeping (9) plus a command
+function (14); a history table is Bookkeeping SQL (9) written from
+Migrator._report, the one outcome point (12); a new D1 rule is one entry of
+D1_RULES (5); a new output format is a Console method (13).
+
+The public API is __all__; every other name is an implementation detail.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import os
 import re
 import signal
 import sqlite3
+import stat
 import sys
 import time
-from collections import namedtuple
 from contextlib import contextmanager
+from typing import (Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
-# Hints are for type checkers only (annotations stay strings, see the
-# __future__ import): importing typing would cost every start about 2 ms.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Callable, Dict, Iterator, List, Optional, Tuple
+__version__ = "1.1.0"
 
-__version__ = "1.0.0"
+__all__ = [
+    "Migrator", "RunReport", "Outcome", "MigrationStatus", "AppliedRow", "Migration",
+    "Options", "Target", "SQLiteTarget", "D1Target", "D1Client",
+    "MigrationError", "ConfigurationError", "DatabaseConnectError", "DatabaseWriteError",
+    "TrackingTableError", "MigrationFileError", "MigrationFailed", "Interrupted",
+    "D1Error", "D1Unsure", "SQLSplitError", "InvalidUTF8",
+    "split_sql", "file_checksum", "scan_folder", "check_folder", "check_statements",
+    "wrangler_database", "main",
+]
+
+
+# ==========================================================================
+# 1. Constants
+# ==========================================================================
 
 # Where the tool keeps its own record of what ran.
 TRACKING_TABLE = "schema_migrations"
@@ -51,6 +93,7 @@ TRACKING_COLUMNS = ("version", "name", "checksum", "applied_at", "duration_ms")
 # <digits>_<description>.sql; the digits, as written, are the version.
 MIGRATION_FILENAME = re.compile(r"([0-9]+)_(.+)\.sql\Z", re.DOTALL)
 VERSION_TEXT = re.compile(r"[0-9]+\Z")
+CHECKSUM_TEXT = re.compile(r"[0-9a-f]{64}\Z")
 # Down scripts live in a sub-folder so that tools which apply every *.sql in
 # the migrations folder (wrangler among them) never run one by accident.
 DOWN_DIR = "down"
@@ -62,6 +105,7 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 # SQLite calls back into Python every this many VM steps, which is where a
 # Ctrl-C during a long statement gets noticed; rare enough to cost nothing.
 PROGRESS_STEPS = 10000
+SLOW_STATEMENT_SECONDS = 2.0
 
 UTF8_BOM = b"\xef\xbb\xbf"
 TRANSACTION_KEYWORDS = frozenset(
@@ -89,6 +133,8 @@ SQL_INSERT_APPLIED = (
     " VALUES (?, ?, ?, ?, ?)"
 )
 SQL_DELETE_APPLIED = "DELETE FROM {table} WHERE version = ?"
+SQL_SET_DURATION = "UPDATE {table} SET duration_ms = ? WHERE version = ?"
+SQL_TABLE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
 
 # wrangler's own record (`wrangler d1 migrations apply`), kept in step with
 # --wrangler: the same DDL, so that wrangler accepts the table as its own.
@@ -107,22 +153,63 @@ SQL_DELETE_WRANGLER = "DELETE FROM {table} WHERE name = ?"
 # below the config's folder (or below --persist-to instead of .wrangler/state).
 WRANGLER_STATE_DIR = os.path.join(".wrangler", "state")
 WRANGLER_D1_DIR = os.path.join("v3", "d1", "miniflare-D1DatabaseObject")
-SQL_TABLE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
+
+D1_API_BASE = "https://api.cloudflare.com/client/v4"
+D1_ACCOUNT_VARIABLE = "CLOUDFLARE_ACCOUNT_ID"
+D1_DATABASE_VARIABLE = "D1_DATABASE_ID"
+D1_TOKEN_VARIABLE = "CLOUDFLARE_API_TOKEN"
+D1_API_BASE_VARIABLE = "CLOUDFLARE_API_BASE_URL"
+DEFAULT_HTTP_TIMEOUT = 30.0
+DEFAULT_HTTP_RETRIES = 4
+MAX_HTTP_RETRIES = 100
+D1_MAX_STATEMENT_BYTES = 100_000
 
 
-# --------------------------------------------------------------------------
-# Errors: the core raises these; main() turns them into one line and an exit
-# code.
+# ==========================================================================
+# 2. Errors: the core raises these; the command line turns them into one
+#    line and an exit code.
+# ==========================================================================
+
+# A setting named inside a message.  The core does not know whether it runs
+# under the command line (`--lock-timeout`) or a Python caller
+# (`lock_timeout=`): a message marks the setting, and whoever shows it
+# spells it (MigrationError.message).
+_OPTION_MARK = re.compile("\x00([a-z_]+)\x00")
+
+
+def _opt(name: str) -> str:
+    """Mark the setting `name` (an Options attribute) inside a message."""
+    return f"\x00{name}\x00"
+
+
+def _python_spelling(name: str) -> str:
+    return name
 
 
 class MigrationError(Exception):
-    """A failure reported to the user as one line."""
+    """A failure reported to the user as one line.  `options` names the
+    settings (Options attributes) that the message refers to."""
 
     exit_code = EXIT_FAILED
 
+    def __init__(self, message: str):
+        self.marked = message
+        self.options = _OPTION_MARK.findall(message)
+        # What the run did before this error (set by the engine).
+        self.report: Optional[RunReport] = None
+        super().__init__(message)
+
+    def message(self, spell: Callable[[str], str] = _python_spelling) -> str:
+        """The message, with each setting it names spelled by `spell`
+        (the command line spells lock_timeout as --lock-timeout)."""
+        return _OPTION_MARK.sub(lambda m: spell(m.group(1)), self.marked)
+
+    def __str__(self) -> str:
+        return self.message()
+
 
 class ConfigurationError(MigrationError):
-    """A bad option or environment: nothing was touched."""
+    """A bad option, value or environment: nothing was touched."""
 
     exit_code = EXIT_USAGE
 
@@ -141,10 +228,6 @@ class DatabaseWriteError(MigrationError):
     read-only, disk full)."""
 
 
-class CommitFailed(MigrationError):
-    """COMMIT refused a transaction (a deferred foreign key); it was rolled back."""
-
-
 class TrackingTableError(MigrationError):
     """The tracking table exists but is not one this tool can trust."""
 
@@ -154,11 +237,13 @@ class MigrationFileError(MigrationError):
 
 
 class MigrationFailed(MigrationError):
-    """A migration could not be applied or rolled back; it left nothing."""
+    """A migration (or its rollback) could not be run; it left nothing.
+    Says where: the file, statement number, line and SQL when known."""
 
-    def __init__(self, name: str, path: str, reason: str,
+    def __init__(self, name: str, path: Optional[str], reason: str,
                  statement: Optional[int] = None, line: Optional[int] = None,
-                 sql: Optional[str] = None, action: str = "apply"):
+                 sql: Optional[str] = None, action: str = "apply",
+                 note: Optional[str] = None):
         self.name = name
         self.path = path
         self.reason = reason
@@ -166,50 +251,79 @@ class MigrationFailed(MigrationError):
         self.line = line
         self.sql = sql
         self.action = action
-        self.note: Optional[str] = None  # what happened to the rest of the run
-        super().__init__(reason)
+        self.note = note  # what happened to the rest of the run
+        where = [os.path.basename(path)] if path else []
+        if statement is not None:
+            where.append(f"statement {statement}")
+        if line is not None:
+            where.append(f"line {line}")
+        super().__init__(
+            f"Failed to {action} migration {name}: {reason}"
+            + (f" ({', '.join(where)})" if where else "")
+            + (f"; {note}" if note else ""))
 
-    def __str__(self) -> str:
-        where = [os.path.basename(self.path)]
-        if self.statement is not None:
-            where.append(f"statement {self.statement}")
-        if self.line is not None:
-            where.append(f"line {self.line}")
-        note = f"; {self.note}" if self.note else ""
-        return (f"Failed to {self.action} migration {self.name}: {self.reason}"
-                f" ({', '.join(where)}){note}")
+    def with_note(self, note: str) -> "MigrationFailed":
+        return MigrationFailed(self.name, self.path, self.reason, self.statement,
+                               self.line, self.sql, self.action, note)
 
 
 class Interrupted(MigrationError):
-    """SIGINT or SIGTERM arrived; the current migration was rolled back."""
+    """SIGINT or SIGTERM arrived and the run stopped at a safe point.
 
-    def __init__(self, signum: int):
+    `state` says what became of the migration in progress (`current`):
+    "rolled back", "not sent" (remote: stopped before it went), "unknown"
+    (remote: sent, and the answer did not come), or None when the stop
+    came between migrations.  `applied` counts what this run committed.
+    """
+
+    def __init__(self, signum: int, applied: int = 0, current: Optional[str] = None,
+                 state: Optional[str] = None, whole_run: bool = False,
+                 action: str = "apply"):
         self.signum = signum
-        self.current: Optional[str] = None  # the migration that was rolled back
-        self.applied = 0  # committed in this run before the signal
-        self.whole_run = False  # True: one transaction held the whole run
-        self.uncertain: Optional[str] = None  # a remote migration in flight
-        self.rolling_back: Optional[str] = None  # the migration a rollback was undoing
-        super().__init__("interrupted")
+        self.applied = applied
+        self.current = current
+        self.state = state
+        self.whole_run = whole_run
+        self.action = action
+        self.exit_code = 128 + signum
+        super().__init__(self._words())
 
-    @property
-    def exit_code(self) -> int:  # type: ignore[override]
-        return 128 + self.signum
-
-    def __str__(self) -> str:
-        done = f"{self.applied} migration{'s' if self.applied != 1 else ''}"
-        if self.rolling_back:
-            return (f"Interrupted: the rollback of {self.rolling_back} was undone;"
-                    " it is still applied")
+    def _words(self) -> str:
+        done = f"{self.applied} migration{'s' if self.applied != 1 else ''} applied in this run"
+        current, state = self.current, self.state
+        if self.action == "rollback":
+            if state == "unknown":
+                return (f"Interrupted while the rollback of {current} was on its way to D1:"
+                        " D1 ran it wholly or not at all, and `status` shows whether it is"
+                        " still applied")
+            if state == "not sent":
+                return f"Interrupted before the rollback of {current} was sent; it is still applied"
+            return f"Interrupted: the rollback of {current} was undone; it is still applied"
         if self.whole_run:
-            return f"Interrupted: the whole run was rolled back; {done} applied in this run"
-        if self.uncertain:
-            return (f"Interrupted while {self.uncertain} was on its way to D1: D1 applied"
-                    f" it wholly or not at all, and `status` shows which; {done} applied"
-                    " before it in this run")
-        if self.current:
-            return f"Interrupted: {self.current} rolled back; {done} applied in this run"
-        return f"Interrupted: {done} applied in this run"
+            return f"Interrupted: the whole run was rolled back; {done}"
+        if state == "unknown":
+            return (f"Interrupted while {current} was on its way to D1: D1 applied it wholly"
+                    f" or not at all, and `status` shows which; {done} before it")
+        if state == "not sent":
+            return f"Interrupted before {current} was sent to D1; {done}"
+        if current:
+            return f"Interrupted: {current} rolled back; {done}"
+        return f"Interrupted: {done}"
+
+
+class D1Error(MigrationError):
+    """D1 refused a request; nothing of it was committed."""
+
+    def __init__(self, message: str, code: Optional[int] = None,
+                 status: Optional[int] = None):
+        self.code = code
+        self.status = status
+        super().__init__(message)
+
+
+class D1Unsure(D1Error):
+    """The request may or may not have reached D1 (a timeout, a dropped
+    connection, a 5xx): only the tracking table can tell whether it ran."""
 
 
 class SQLSplitError(ValueError):
@@ -226,97 +340,68 @@ class InvalidUTF8(SQLSplitError):
     """The file's bytes are not UTF-8."""
 
 
-# --------------------------------------------------------------------------
-# Small data types.
+class _Stop(Exception):
+    """A target stopped at a safe point because a stop was requested.  The
+    engine turns it into Interrupted, with the run's counts."""
+
+    def __init__(self, signum: int, state: Optional[str]):
+        self.signum = signum
+        self.state = state  # what became of the step in progress (Interrupted.state)
+        super().__init__(state)
 
 
-# Named tuples with their field types in the docstring (typing.NamedTuple
-# would import typing at every start).
+# ==========================================================================
+# 3. SQL text: how a file's bytes become statements.
+# ==========================================================================
 
 
-class Statement(namedtuple("Statement", "sql line keyword start end")):
-    """One SQL statement: its text (str), the line it starts on (int), its
-    upper-cased first word ("CREATE", "BEGIN"; "" if none) and its start and
-    end offsets in the file's text (int)."""
+class Statement(NamedTuple):
+    """One SQL statement of a file."""
 
-    __slots__ = ()
-
-
-class AppliedRow(namedtuple("AppliedRow", TRACKING_COLUMNS)):
-    """A tracking row: version, name, checksum, applied_at (str) and
-    duration_ms (float)."""
-
-    __slots__ = ()
+    sql: str
+    line: int  # the line it starts on
+    keyword: str  # its upper-cased first word ("CREATE", "BEGIN"; "" if none)
+    start: int  # offsets in the file's text
+    end: int
 
 
-if TYPE_CHECKING:
-    # Tracking rows by the number of their version: "0001" and "1" are one
-    # migration, so renaming 0001_x.sql to 1_x.sql does not make it pending.
-    Applied = Dict[int, AppliedRow]
-
-
-class MigrationStatus(namedtuple(
-        "MigrationStatus", "version name path state checksum applied_at duration_ms")):
-    """One migration as status shows it: version, name (str); path (None when
-    the file is gone); state: applied, pending, modified or missing; checksum:
-    the file's, or the recorded one when the file is gone; applied_at and
-    duration_ms (None unless applied)."""
-
-    __slots__ = ()
-
-
-class RollbackResult(namedtuple("RollbackResult", "row down_path statements")):
-    """What a rollback undid: the AppliedRow, the down file that ran (None:
-    only the record was removed) and how many statements it had."""
-
-    __slots__ = ()
-
-
-# --------------------------------------------------------------------------
-# Splitting SQL the way SQLite does.  The state machine is the one of
-# sqlite3_complete() (SQLite's complete.c): a statement ends at a ';' outside
-# quotes and comments, except inside CREATE [TEMP] TRIGGER, which ends only at
-# a ';' that follows "; END".  Long stretches without a ';', quote or comment
-# are consumed by one regular-expression step, so splitting is linear in the
-# size of the text, and sqlite3.complete_statement confirms every piece.
-# Most statements never meet that scanner: complete_statement, which is
-# complete.c itself, is asked first about the next few ';'.
+# The splitter reads text the way SQLite's sqlite3_complete() does (its
+# complete.c): a statement ends at a ';' outside quotes and comments, except
+# inside CREATE [TEMP] TRIGGER, which ends only at a ';' that follows
+# "; END".  Long stretches without a ';', quote or comment are consumed by
+# one regular-expression step, so splitting is linear in the size of the
+# text, and sqlite3.complete_statement (complete.c itself) confirms every
+# statement it finds.
 
 # Identifier characters as complete.c counts them (letters, digits, _, $ and
 # everything beyond ASCII), written as "not the other ASCII characters": the
-# same set, but a hundred times cheaper for `re` to compile than a range up to
-# U+10FFFF, which matters for start-up.
+# same set, and far cheaper for `re` to compile than a range up to U+10FFFF.
 _ID_CHAR = r"^\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f"
 _COMMENT = r"--[^\n]*(?:\n|\Z)|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/"
 _SPACE = r"[ \t\n\f\r]+"
 _GAP = re.compile(rf"(?:{_SPACE}|{_COMMENT}|;)*")
-# The scanner's patterns (_BODY to _TRIGGER_END) stay text until a statement
-# needs the scanner (re caches what it compiles): most runs never do, and
-# compiling them costs a millisecond of every start.
 # Up to a few hundred tokens per match: `re` keeps a backtracking mark for
 # each repetition, so an unbounded `*` over a quote-heavy 1 MB statement
 # would hold ten times its size; _skip_body loops instead.
-_BODY = (
+_BODY = re.compile(
     rf"""(?:[^;'"`\[/\-]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|{_COMMENT}|/(?!\*)|-(?!-)){{0,256}}"""
 )
-_HEAD_TOKEN = (
+_HEAD_TOKEN = re.compile(
     rf"""(?s)(?:{_SPACE}|{_COMMENT})+|[{_ID_CHAR}]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|[^;]"""
 )
-# One whitespace character per step: with `[ \t\n\f\r]+` inside the `*`, a
-# failed match would retry every way of cutting a run of blanks (exponential).
-# ("[Ee][Nn][Dd]" rather than IGNORECASE, which is slow to compile here.)
-# The head of a statement, read at once: its first word, and whether CREATE
-# [TEMP] TRIGGER opens it (one blank at a time for the same reason as below).
 _FIRST_WORD = re.compile(rf"[{_ID_CHAR}]+")
-_TRIGGER_HEAD = (
+# The head of a statement: whether CREATE [TEMP] TRIGGER opens it.  Blanks
+# are matched one character per step: with `[ \t\n\f\r]+` inside the `*`, a
+# failed match would retry every way of cutting a run of blanks.
+_TRIGGER_HEAD = re.compile(
     rf"[Cc][Rr][Ee][Aa][Tt][Ee](?:[ \t\n\f\r]|{_COMMENT}"
     rf"|[Tt][Ee][Mm][Pp](?:[Oo][Rr][Aa][Rr][Yy])?(?![{_ID_CHAR}]))*?"
     rf"(?<![{_ID_CHAR}])[Tt][Rr][Ii][Gg][Gg][Ee][Rr](?![{_ID_CHAR}])"
 )
-_TRIGGER_END = (
+_TRIGGER_END = re.compile(
     rf"(?:[ \t\n\f\r;]|{_COMMENT})*[Ee][Nn][Dd](?![{_ID_CHAR}])(?:[ \t\n\f\r]|{_COMMENT})*(;|\Z)"
 )
-_IDENTIFIER = rf"[{_ID_CHAR}]+\Z"
+_IDENTIFIER = re.compile(rf"[{_ID_CHAR}]+\Z")
 _UNTERMINATED = {
     "'": "unterminated string literal",
     '"': 'unterminated "quoted" identifier',
@@ -333,35 +418,11 @@ def _skip_body(text: str, pos: int) -> int:
     """The position of the next ';' outside strings and comments (or of an
     unterminated string or comment, or the end of the text)."""
     n = len(text)
-    body = re.compile(_BODY)
     while True:
-        end = body.match(text, pos).end()
+        end = _BODY.match(text, pos).end()
         if end == pos or end >= n or text[end] == ";":
             return end
         pos = end
-
-
-# How many of the ';' after a statement's head are put to SQLite's own
-# complete.c before the scanner takes over: enough for nearly every statement,
-# few enough that a statement full of ';' in strings costs a bounded few scans.
-_COMPLETE_TRIES = 8
-
-
-def _statement_by_sqlite(text: str, start: int, pos: int) -> Optional[str]:
-    """The statement starting at start, through its ';', found by asking
-    sqlite3.complete_statement about each next ';' in turn: the first that
-    completes the text ends the statement, at C speed.  None when the
-    statement has no ';' of its own or too many inside it; the scanner then
-    finds the end, or the unterminated string, comment or trigger."""
-    semicolon = text.find(";", pos)
-    for _ in range(_COMPLETE_TRIES):
-        if semicolon < 0:
-            return None
-        candidate = text[start:semicolon + 1]
-        if sqlite3.complete_statement(candidate):
-            return candidate
-        semicolon = text.find(";", semicolon + 1)
-    return None
 
 
 def _line_at(text: str, offset: int) -> int:
@@ -372,24 +433,19 @@ def _unterminated(text: str, pos: int) -> SQLSplitError:
     return SQLSplitError(_UNTERMINATED[text[pos]], pos, _line_at(text, pos))
 
 
-def _end_by_scanning(text: str, start: int) -> int:
-    """The end of the statement starting at start, read token by token the
-    way complete.c reads it; raises SQLSplitError where the text ends inside
-    a string, identifier, comment or trigger body."""
+def _head_state(text: str, pos: int, first_word) -> "tuple[int, int]":
+    """Read the head of the statement at pos as complete.c does: returns
+    (_TRIGGER or _NORMAL, the position after the head)."""
     n = len(text)
-    pos = start
-    state = _START
-    head_token = re.compile(_HEAD_TOKEN)
-    first_word = _FIRST_WORD.match(text, pos)
     word = first_word.group().lower() if first_word else ""
     if first_word and word != "explain":
         # The common case at once: any first word but EXPLAIN decides.
-        trigger = re.compile(_TRIGGER_HEAD).match(text, pos) if word == "create" else None
-        state = _TRIGGER if trigger else _NORMAL
-        pos = trigger.end() if trigger else first_word.end()
+        trigger = _TRIGGER_HEAD.match(text, pos) if word == "create" else None
+        return (_TRIGGER, trigger.end()) if trigger else (_NORMAL, first_word.end())
+    state = _START
     # Otherwise read tokens while they can still make this a CREATE TRIGGER.
     while state not in (_NORMAL, _TRIGGER) and pos < n and text[pos] != ";":
-        token = head_token.match(text, pos).group()
+        token = _HEAD_TOKEN.match(text, pos).group()
         first = token[0]
         if first in "'\"`[" and (len(token) == 1 or token[-1] not in "'\"`]"):
             raise _unterminated(text, pos)
@@ -411,6 +467,15 @@ def _end_by_scanning(text: str, start: int) -> int:
                 state = _TRIGGER
             elif word not in ("temp", "temporary"):
                 state = _NORMAL
+    return (_TRIGGER if state == _TRIGGER else _NORMAL), pos
+
+
+def _statement_end(text: str, start: int, first_word) -> int:
+    """The end of the statement starting at start (after its ';', or the end
+    of the text); raises SQLSplitError where the text ends inside a string,
+    identifier, comment or trigger body."""
+    n = len(text)
+    state, pos = _head_state(text, start, first_word)
     if state == _TRIGGER:
         while True:
             pos = _skip_body(text, pos)
@@ -419,7 +484,7 @@ def _end_by_scanning(text: str, start: int) -> int:
             if text[pos] != ";":
                 raise _unterminated(text, pos)
             pos += 1
-            end_match = re.compile(_TRIGGER_END).match(text, pos)
+            end_match = _TRIGGER_END.match(text, pos)
             if end_match:
                 pos = end_match.end() - len(end_match.group(1))
                 break
@@ -432,11 +497,11 @@ def _end_by_scanning(text: str, start: int) -> int:
         if text[pos] != ";":
             raise _unterminated(text, pos)
         end = pos + 1
-        complete = text[start:end]
+        complete = sqlite3.complete_statement(text[start:end])
     else:
         end = n
-        complete = text[start:end] + "\n;"
-    if not sqlite3.complete_statement(complete):
+        complete = sqlite3.complete_statement(text[start:end] + "\n;")
+    if not complete:
         raise SQLSplitError("incomplete statement", start, _line_at(text, start))
     return end
 
@@ -462,14 +527,12 @@ def split_sql(text: str) -> List[Statement]:
         # A statement starts at a token: a word gives its keyword; a quote,
         # a number or punctuation gives none.
         first_word = _FIRST_WORD.match(text, start)
-        keyword = first_word.group().upper() if first_word else ""
-        sql = _statement_by_sqlite(text, start, first_word.end() if first_word else start)
-        if sql is None:
-            sql = text[start:_end_by_scanning(text, start)]
-        end = start + len(sql)
+        end = _statement_end(text, start, first_word)
         line += text.count("\n", counted, start)
         counted = start
-        statements.append(Statement(sql, line, keyword, start, end))
+        statements.append(Statement(text[start:end], line,
+                                    first_word.group().upper() if first_word else "",
+                                    start, end))
         pos = _GAP.match(text, end).end()
     return statements
 
@@ -502,6 +565,12 @@ def decode_sql(data: bytes) -> str:
         ) from None
 
 
+def is_terminated(statement: Statement) -> bool:
+    """Whether a statement ends with its own ';' (only the last one of a file
+    may not; a ';' inside its trailing comment does not count)."""
+    return statement.sql.endswith(";") and sqlite3.complete_statement(statement.sql)
+
+
 def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -511,8 +580,20 @@ def utc_now() -> str:
     return "%04d-%02d-%02dT%02d:%02d:%02dZ" % time.gmtime()[:6]
 
 
+def format_ms(ms: float) -> str:
+    if ms < 1000:
+        return f"{ms:.1f} ms"
+    return f"{ms / 1000:.1f} s"
+
+
+# ==========================================================================
+# 4. The migrations folder: one scan, one set of rules, for every command.
+# ==========================================================================
+
+
 class Migration:
-    """One migration file.  Its bytes are read once, when first needed."""
+    """One migration file (or down script).  Its bytes are read once, when
+    first needed."""
 
     __slots__ = ("version", "number", "name", "path", "_data", "_checksum")
 
@@ -540,7 +621,7 @@ class Migration:
             self._checksum = file_checksum(self.data)
         return self._checksum
 
-    def statements(self) -> List[Statement]:
+    def statements(self, action: str = "apply") -> List[Statement]:
         """The file's statements, or MigrationFailed naming the file and line.
 
         The checksum is taken from the same bytes first (the tracking row
@@ -553,7 +634,8 @@ class Migration:
         try:
             return split_sql(decode_sql(data))
         except SQLSplitError as exc:
-            raise MigrationFailed(self.name, self.path, exc.reason, line=exc.line) from None
+            raise MigrationFailed(self.name, self.path, exc.reason, line=exc.line,
+                                  action=action) from None
 
     def __repr__(self) -> str:
         return f"Migration({self.name!r})"
@@ -567,58 +649,119 @@ def _read_file(path: str) -> bytes:
         raise MigrationFileError(f"Cannot read {path}: {exc.strerror}") from None
 
 
-def discover(migrations_dir: str) -> "tuple[List[Migration], List[str]]":
-    """The migrations in a folder, ordered by number, and warnings.
+class Finding(NamedTuple):
+    """One problem found in the migrations: where, how bad, and what to do."""
 
-    Only files directly in the folder count.  Two files with the same number
-    are an error; a *.sql file whose name does not fit the pattern is a
-    warning; anything else is ignored.
-    """
+    severity: str  # "error" or "warning"
+    path: str
+    line: Optional[int]  # None: the whole file
+    code: str
+    message: str
+
+
+class FolderScan(NamedTuple):
+    """What the migrations folder holds."""
+
+    folder: str
+    migrations: List[Migration]  # the usable migrations, by number
+    findings: List[Finding]  # about names and files (check_folder adds contents)
+    numbers: List[int]  # the number in front of every *.sql name, usable or not
+
+    def blocking(self) -> List[Finding]:
+        """The findings that leave the folder's meaning unclear: apply and
+        status stop on them (the others are warnings there)."""
+        return [f for f in self.findings if f.code in BLOCKING_FOLDER_FINDINGS]
+
+
+# Findings about the folder that stop apply and status.  A misnamed *.sql file
+# only warns there: it is not a migration, and `check` reports it as an error.
+BLOCKING_FOLDER_FINDINGS = frozenset(
+    ("duplicate-number", "name-not-utf8", "broken-link", "not-a-file", "unreadable"))
+_LEADING_NUMBER = re.compile(r"[0-9]+")
+
+
+def scan_folder(folder: str) -> FolderScan:
+    """Every *.sql entry directly in `folder`, judged once: migrations in
+    number order, and findings for what is not one (a misnamed file, a
+    duplicate number, a broken link, something that is not a file).
+    Reads names only, no file contents."""
+    if not folder:
+        raise ConfigurationError(
+            f"The migrations folder is an empty string; pass {_opt('migrations_dir')}")
     try:
-        entries = sorted(os.scandir(migrations_dir), key=lambda e: e.name)
+        names = sorted(os.listdir(folder))
     except FileNotFoundError:
         raise ConfigurationError(
-            f"Migrations folder {migrations_dir} does not exist;"
-            " create it or pass --migrations-dir"
-        ) from None
+            f"Migrations folder {folder} does not exist;"
+            f" create it or pass {_opt('migrations_dir')}") from None
     except NotADirectoryError:
         raise ConfigurationError(
-            f"Migrations folder {migrations_dir} is not a folder; pass --migrations-dir"
+            f"Migrations folder {folder} is not a folder; pass {_opt('migrations_dir')}"
         ) from None
     except OSError as exc:
         raise ConfigurationError(
-            f"Cannot read migrations folder {migrations_dir}: {exc.strerror}"
-        ) from None
+            f"Cannot read migrations folder {folder}: {exc.strerror}") from None
     migrations: List[Migration] = []
-    warnings: List[str] = []
+    findings: List[Finding] = []
+    numbers: List[int] = []
     by_number: Dict[int, Migration] = {}
-    for entry in entries:
-        if not entry.name.lower().endswith(".sql") or not entry.is_file():
+
+    def find(code: str, path: str, message: str) -> None:
+        findings.append(Finding("error", path, None, code, message))
+
+    for name in names:
+        if not name.lower().endswith(".sql"):
             continue
-        match = MIGRATION_FILENAME.match(entry.name)
+        path = os.path.join(folder, name)
+        leading = _LEADING_NUMBER.match(name)
+        if leading:
+            numbers.append(int(leading.group()))
+        problem = _not_a_file(path)
+        if problem:
+            find(*problem)
+            continue
+        match = MIGRATION_FILENAME.match(name)
         if not match:
-            warnings.append(
-                f"Ignoring {os.path.join(migrations_dir, entry.name)}: the name does"
-                " not match NNNN_description.sql"
-            )
+            find("bad-name", path, "the name does not match NNNN_description.sql:"
+                 " apply_migrations.py ignores it, but wrangler would try to apply it;"
+                 " rename it")
             continue
-        if not _is_utf8_name(entry.name):
-            raise MigrationFileError(
-                f"The file name {os.path.join(migrations_dir, entry.name)!r} is not valid"
-                " UTF-8, so it cannot be recorded; rename the file. Nothing was applied.")
-        migration = Migration(
-            match.group(1), entry.name[:-4], os.path.join(migrations_dir, entry.name)
-        )
+        if not _is_utf8_name(name):
+            find("name-not-utf8", path,
+                 f"the file name {path!r} is not valid UTF-8, so it cannot be recorded;"
+                 " rename the file")
+            continue
+        migration = Migration(match.group(1), name[:-4], path)
         twin = by_number.get(migration.number)
         if twin is not None:
-            raise MigrationFileError(
-                f"Two migrations have the number {migration.number}: {twin.filename}"
-                f" and {migration.filename}; renumber one of them. Nothing was applied."
-            )
+            find("duplicate-number", path,
+                 f"the number {migration.number} is also used by {twin.filename};"
+                 " renumber one of them")
+            continue
         by_number[migration.number] = migration
         migrations.append(migration)
     migrations.sort(key=lambda m: m.number)
-    return migrations, warnings
+    return FolderScan(folder, migrations, findings, numbers)
+
+
+def _not_a_file(path: str) -> Optional["tuple[str, str, str]"]:
+    """(code, path, message) when path cannot be a migration file: a
+    broken or looping link, a folder, a FIFO or device; None for a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if os.path.islink(path):
+            why = ("a symbolic link that loops" if exc.errno == errno.ELOOP
+                   else f"a symbolic link to {os.readlink(path)!r}, which does not exist")
+            return ("broken-link", path, f"it is {why}; fix or remove the link")
+        return ("unreadable", path, f"cannot read it: {exc.strerror}")
+    if stat.S_ISDIR(mode):
+        return ("not-a-file", path, "it is a folder, not a migration file; rename or move it")
+    if not stat.S_ISREG(mode):
+        return ("not-a-file", path,
+                "it is not a regular file (a FIFO, socket or device); a migration must"
+                " be a file")
+    return None
 
 
 def _is_utf8_name(name: str) -> bool:
@@ -629,6 +772,813 @@ def _is_utf8_name(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def find_migration(version: str, candidates):
+    """The item of candidates (each with .version and .name) that version
+    names: "0001", "1", "0001_initial_schema" or "0001_initial_schema.sql"."""
+    wanted = os.path.basename(version[:-4] if version.endswith(".sql") else version)
+    for item in candidates:
+        if wanted == item.name or wanted == item.version:
+            return item
+    if VERSION_TEXT.match(wanted):
+        for item in candidates:
+            if int(item.version) == int(wanted):
+                return item
+    return None
+
+
+# ==========================================================================
+# 5. D1 rules: what Cloudflare D1 rejects or treats differently, one entry
+#    per rule, found before deploy (`check`) and before sending (--d1-remote).
+# ==========================================================================
+
+# D1 authorizes only these PRAGMAs (checked against D1's engine) and answers
+# "not authorized" to the rest (journal_mode, user_version, synchronous, ...).
+D1_PRAGMAS = frozenset((
+    "foreign_keys", "defer_foreign_keys", "foreign_key_check", "foreign_key_list",
+    "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo",
+    "index_list", "quick_check", "optimize", "case_sensitive_like",
+    "recursive_triggers", "legacy_alter_table", "ignore_check_constraints",
+    "reverse_unordered_selects",
+))
+# The rules read a statement whose comments are spaces (_without_comments).
+# A name as SQL spells it: quoted, or a bare word.
+_SQL_NAME = r'(?:"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`|\[[^\]]*\]|[^\s.;(]+)'
+_PRAGMA_NAME = re.compile(rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?(\w+)")
+# Every spelling SQLite reads as "off" (sqlite3GetBoolean), quoted or not.
+_FOREIGN_KEYS_OFF = re.compile(
+    rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?foreign_keys[\"`\]]?\s*(?:=\s*|\(\s*)"
+    r"(['\"]?)(?:0+|off|false|no)\1\s*\)?\s*;?\s*\Z")
+_TEMP_OBJECT = re.compile(
+    r"(?i)CREATE\s+(?:TEMP(?:ORARY)?\s+(TABLE|VIEW|TRIGGER)\b"
+    r"|(?:UNIQUE\s+|VIRTUAL\s+)?(TABLE|VIEW|TRIGGER|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"[\"`\[]?temp[\"`\]]?\s*\.)")
+# Quoted text is matched whole, so that a comment marker inside it is text.
+_QUOTED_OR_COMMENT = re.compile(
+    r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`"""
+    rf"|\[[^\]]*\]|({_COMMENT})")
+# The only wrapper wrangler removes: exactly this text, case and all.
+WRANGLER_WRAPPER = ("BEGIN TRANSACTION;", "COMMIT;")
+_CF_RESERVED_NAME = re.compile(
+    r"(?i)(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:UNIQUE\s+)?(?:VIRTUAL\s+)?"
+    r"(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    rf"|ALTER\s+TABLE\s+(?:{_SQL_NAME}\s*\.\s*)?{_SQL_NAME}\s+RENAME\s+TO\s+)"
+    r"(?:[\w\"`\[\]]+\s*\.\s*)?[\"`\[]?(_cf_\w*)")
+
+
+def _without_comments(sql: str) -> str:
+    """sql with each comment made one space, as SQLite reads it."""
+    if "--" not in sql and "/*" not in sql:
+        return sql
+    return _QUOTED_OR_COMMENT.sub(lambda m: " " if m.group(1) else m.group(0), sql)
+
+
+class _InFile(NamedTuple):
+    """Where a statement stands in its file, for the rules that care."""
+
+    index: int
+    count: int
+    wrapped: bool  # the file is wrapped whole in BEGIN ... COMMIT/END
+    exact_wrapper: bool  # ... in exactly wrangler's `BEGIN TRANSACTION;` / `COMMIT;`
+
+    def at_edge(self) -> bool:
+        return self.wrapped and self.index in (0, self.count - 1)
+
+
+def _transaction_wrapper(s: Statement, words: str, where: _InFile) -> Optional[str]:
+    if s.keyword in TRANSACTION_KEYWORDS and where.at_edge() and where.exact_wrapper:
+        return (f"{s.keyword} around the whole file: D1 rejects it, but this tool and"
+                " wrangler remove exactly this wrapper before sending the file")
+    return None
+
+
+def _transaction_statement(s: Statement, words: str, where: _InFile) -> Optional[str]:
+    if s.keyword not in TRANSACTION_KEYWORDS or (where.at_edge() and where.exact_wrapper):
+        return None
+    if where.at_edge():
+        return (f"{s.keyword} around the whole file: D1 rejects it, and wrangler removes"
+                " only the exact text `BEGIN TRANSACTION;` ... `COMMIT;`; drop the"
+                " wrapper (each migration already runs in a transaction)")
+    return (f"{s.keyword} is rejected by D1, which runs each migration in its own"
+            " transaction; remove it")
+
+
+def _unauthorized_pragma(s: Statement, words: str, where: _InFile) -> Optional[str]:
+    name = _PRAGMA_NAME.match(words)
+    if name and name.group(1).lower() not in D1_PRAGMAS:
+        return f"PRAGMA {name.group(1).lower()} is not authorized on D1; remove it"
+    return None
+
+
+def _foreign_keys_off(s: Statement, words: str, where: _InFile) -> Optional[str]:
+    if _FOREIGN_KEYS_OFF.match(words):
+        return ("PRAGMA foreign_keys = OFF has no effect on D1, which always enforces"
+                " foreign keys (a DROP TABLE of a parent can delete child rows);"
+                " use PRAGMA defer_foreign_keys = ON instead")
+    return None
+
+
+def _unauthorized_statement(s: Statement, words: str, where: _InFile) -> Optional[str]:
+    return f"{s.keyword} is not authorized on D1; remove it"
+
+
+def _statement_too_long(s: Statement, words: str, where: _InFile) -> Optional[str]:
+    if len(s.sql) * 4 <= D1_MAX_STATEMENT_BYTES:  # cannot be too long: skip encoding
+        return None
+    size = len(s.sql.encode("utf-8"))
+    if size > D1_MAX_STATEMENT_BYTES:
+        return (f"the statement is {size:,} bytes; D1 refuses statements over"
+                f" {D1_MAX_STATEMENT_BYTES:,} bytes, split it (e.g. one INSERT per"
+                " batch of rows)")
+    return None
+
+
+def _temporary_object(s: Statement, words: str, where: _InFile) -> Optional[str]:
+    temporary = _TEMP_OBJECT.match(words)
+    if temporary:
+        kind = (temporary.group(1) or temporary.group(2)).upper()
+        return (f"D1 does not allow TEMP {kind}s; create a regular one, or drop it at"
+                " the end of the migration")
+    return None
+
+
+def _reserved_name(s: Statement, words: str, where: _InFile) -> Optional[str]:
+    reserved = _CF_RESERVED_NAME.match(words)
+    if reserved:
+        return f"the name {reserved.group(1)} starts with _cf_, which D1 reserves; rename it"
+    return None
+
+
+def _missing_semicolon(s: Statement, words: str, where: _InFile) -> Optional[str]:
+    if where.index == where.count - 1 and not is_terminated(s):
+        return ("the last statement has no ';': wrangler appends its own INSERT to the file"
+                " and the migration fails on D1; end it with ';'")
+    return None
+
+
+class D1Rule(NamedTuple):
+    """One thing D1 rejects or treats differently."""
+
+    code: str
+    severity: str  # "error" or "warning"
+    # Whether --d1-remote refuses a migration with this finding before
+    # sending anything (it splits statements itself, so a missing final ';'
+    # does not matter there).
+    blocks_remote: bool
+    keywords: Optional[frozenset]  # the statements it reads, by first word (None: all)
+    match: Callable[[Statement, str, _InFile], Optional[str]]  # the message, or None
+
+
+D1_RULES = (
+    D1Rule("transaction-wrapper", "warning", False, TRANSACTION_KEYWORDS, _transaction_wrapper),
+    D1Rule("transaction-statement", "error", True, TRANSACTION_KEYWORDS, _transaction_statement),
+    D1Rule("unauthorized-pragma", "error", True, frozenset(("PRAGMA",)), _unauthorized_pragma),
+    D1Rule("foreign-keys-off", "error", True, frozenset(("PRAGMA",)), _foreign_keys_off),
+    D1Rule("unauthorized-statement", "error", True, frozenset(("ATTACH", "DETACH", "VACUUM")),
+           _unauthorized_statement),
+    D1Rule("statement-too-long", "error", True, None, _statement_too_long),
+    D1Rule("temporary-object", "error", True, frozenset(("CREATE",)), _temporary_object),
+    D1Rule("reserved-name", "error", True, frozenset(("CREATE", "ALTER")), _reserved_name),
+    D1Rule("missing-semicolon", "error", False, None, _missing_semicolon),
+)
+# A PRAGMA that matched unauthorized-pragma is not also foreign-keys-off.
+_EXCLUSIVE_RULES = frozenset(("unauthorized-pragma", "foreign-keys-off"))
+
+
+def check_statements(path: str, statements: Sequence[Statement],
+                     rules: Sequence[D1Rule] = D1_RULES) -> List[Finding]:
+    """The findings of `rules` in one file's statements."""
+    findings: List[Finding] = []
+    count = len(statements)
+    wrapped = (count >= 2 and statements[0].keyword == "BEGIN"
+               and statements[-1].keyword in ("COMMIT", "END"))
+    exact = wrapped and (statements[0].sql, statements[-1].sql) == WRANGLER_WRAPPER
+    for index, statement in enumerate(statements):
+        where = _InFile(index, count, wrapped, exact)
+        words = (_without_comments(statement.sql)
+                 if statement.keyword in ("PRAGMA", "CREATE", "ALTER") else statement.sql)
+        exclusive_hit = False
+        for rule in rules:
+            if rule.keywords is not None and statement.keyword not in rule.keywords:
+                continue
+            if exclusive_hit and rule.code in _EXCLUSIVE_RULES:
+                continue
+            message = rule.match(statement, words, where)
+            if message:
+                findings.append(Finding(rule.severity, path, statement.line, rule.code, message))
+                exclusive_hit = exclusive_hit or rule.code in _EXCLUSIVE_RULES
+    return findings
+
+
+def check_folder(migrations_dir: str) -> "tuple[List[Migration], List[Finding]]":
+    """Every finding in a migrations folder: names, numbers, links, encoding,
+    SQL that D1 rejects.  Reads files only; needs no database."""
+    scan = scan_folder(migrations_dir)
+    findings = list(scan.findings)
+    for migration in scan.migrations:
+        try:
+            statements = split_sql(decode_sql(migration.data))
+        except SQLSplitError as exc:
+            code = "invalid-utf8" if isinstance(exc, InvalidUTF8) else "incomplete-sql"
+            findings.append(Finding("error", migration.path, exc.line, code, exc.reason))
+            continue
+        except MigrationFileError as exc:
+            findings.append(Finding("error", migration.path, None, "unreadable", str(exc)))
+            continue
+        finally:
+            migration._data = None  # checked: let the bytes go
+        findings.extend(check_statements(migration.path, statements))
+    return scan.migrations, findings
+
+
+# ==========================================================================
+# 6. wrangler's configuration: where its local D1 database and migrations are.
+# ==========================================================================
+
+
+class WranglerDatabase(NamedTuple):
+    """One D1 database of a wrangler config."""
+
+    name: str  # the binding or database_name it was chosen by
+    database_id: str  # the remote database's id ("" when the config has none)
+    db_path: str  # the local SQLite file `wrangler ... --local` uses
+    migrations_dir: str
+    migrations_table: str
+
+
+_JSONC_COMMENT = re.compile(r'(?s)"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/')
+_JSONC_TRAILING_COMMA = re.compile(r'"(?:\\.|[^"\\])*"|,(?=\s*[}\]])')
+_TOML_KEY_VALUE = re.compile(
+    r"""\s*([A-Za-z0-9_-]+)\s*=\s*("(?:\\.|[^"\\])*"|'[^']*'|true|false|[-+0-9.]+)\s*(?:#.*)?\Z""")
+
+
+def _parse_jsonc(text: str) -> dict:
+    """JSON with comments and trailing commas, as wrangler.jsonc allows.
+    Comments go first, so that a comma before a comment counts as trailing."""
+    import json
+
+    def keep_strings(match):
+        return match.group(0) if match.group(0).startswith('"') else ""
+
+    text = _JSONC_COMMENT.sub(keep_strings, text)
+    return json.loads(_JSONC_TRAILING_COMMA.sub(keep_strings, text))
+
+
+def _parse_toml_subset(text: str) -> dict:
+    """The part of wrangler.toml this tool needs, for Pythons without tomllib
+    (3.8 to 3.10): top-level keys and [[d1_databases]] tables of plain values."""
+    import json
+    root: dict = {}
+    current: Optional[dict] = root
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            header = re.sub(r"\s+", "", line.split("#", 1)[0])
+            if header == "[[d1_databases]]":
+                current = {}
+                root.setdefault("d1_databases", []).append(current)
+            else:
+                current = None  # a section this tool does not read
+            continue
+        if current is None:
+            continue
+        match = _TOML_KEY_VALUE.match(line)
+        if match is None:
+            if current is root and line.split("=", 1)[0].strip() != "d1_databases":
+                continue  # a top-level value this reader cannot parse, not needed
+            raise ConfigurationError(
+                f"Cannot read line {number} of the wrangler config: {raw.strip()!r};"
+                " on Python 3.8 to 3.10 write d1_databases as [[d1_databases]] tables"
+                " of plain values (Python 3.11+ reads any TOML)")
+        key, value = match.groups()
+        if value.startswith("'"):
+            current[key] = value[1:-1]
+        else:
+            current[key] = json.loads(value)
+    return root
+
+
+def read_wrangler_config(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read wrangler config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"Cannot read wrangler config {path}: it is not UTF-8") from None
+    try:
+        if path.endswith(".toml"):
+            try:
+                import tomllib  # Python 3.11+  # novm
+            except ImportError:
+                return _parse_toml_subset(text)
+            config = tomllib.loads(text)
+        else:
+            config = _parse_jsonc(text)
+    except ValueError as exc:  # json and tomllib errors both derive from it
+        raise ConfigurationError(f"Cannot parse wrangler config {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigurationError(f"Cannot parse wrangler config {path}: it is not an object")
+    return config
+
+
+def miniflare_object_id(name: str) -> str:
+    """The Durable Object id miniflare names a local D1 database's file after
+    (its idFromName for the D1DatabaseObject namespace)."""
+    import hmac
+    key = hashlib.sha256(b"miniflare-D1DatabaseObject").digest()
+    first = hmac.new(key, name.encode("utf-8"), hashlib.sha256).digest()[:16]
+    return (first + hmac.new(key, first, hashlib.sha256).digest()[:16]).hex()
+
+
+def wrangler_database(config_path: str, database: Optional[str] = None,
+                      persist_to: Optional[str] = None) -> WranglerDatabase:
+    """Find a D1 database of a wrangler config, by binding or database_name."""
+    config = read_wrangler_config(config_path)
+    declared = config.get("d1_databases") or []
+    entries = [e for e in declared if isinstance(e, dict)] if isinstance(declared, list) else []
+    if database is not None:
+        chosen = [e for e in entries if database in (e.get("binding"), e.get("database_name"))]
+    else:
+        chosen = entries if len(entries) == 1 else []
+    names = ", ".join(str(e.get("binding") or e.get("database_name")) for e in entries)
+    if not chosen:
+        if database is None and entries:
+            raise ConfigurationError(
+                f"{config_path} has several D1 databases ({names}); choose one"
+                f" with {_opt('database')}")
+        raise ConfigurationError(
+            f"{config_path} has no D1 database {database or ''}".rstrip()
+            + (f" (it has: {names})" if names else " ([[d1_databases]] is empty)"))
+    entry = chosen[0]
+    ident = entry.get("preview_database_id") or entry.get("database_id") or entry.get("binding")
+    if not ident:
+        raise ConfigurationError(
+            f"The D1 database in {config_path} has no preview_database_id, database_id"
+            " or binding to name its local file after")
+    folder = os.path.dirname(config_path)
+    state = persist_to if persist_to else os.path.join(folder, WRANGLER_STATE_DIR)
+    return WranglerDatabase(
+        str(entry.get("binding") or entry.get("database_name")),
+        str(entry.get("database_id") or ""),
+        os.path.join(state, WRANGLER_D1_DIR, miniflare_object_id(str(ident)) + ".sqlite"),
+        os.path.join(folder, str(entry.get("migrations_dir") or DEFAULT_MIGRATIONS_DIR)),
+        str(entry.get("migrations_table") or WRANGLER_TABLE),
+    )
+
+
+# ==========================================================================
+# 7. Options: every setting of one command, resolved once from the command
+#    line's values and the environment.  The engine and the commands read
+#    only this object; nothing below argparse sees argparse.
+# ==========================================================================
+
+
+class D1Settings(NamedTuple):
+    """How to reach a remote D1 database over its HTTP API."""
+
+    api_base: str
+    account_id: str
+    database_id: str
+    token: str
+    timeout: float
+    retries: int
+
+
+class Options:
+    """The resolved settings of one command (see resolve_options)."""
+
+    DEFAULTS: Dict[str, object] = {
+        "command": None, "db_path": DEFAULT_DB_PATH, "migrations_dir": DEFAULT_MIGRATIONS_DIR,
+        "remote": None, "wrangler_table": None, "wrangler_config": None,
+        "lock_timeout": DEFAULT_LOCK_TIMEOUT, "foreign_keys": False,
+        "target": None, "allow_out_of_order": False, "single_transaction": False,
+        "dry_run": False, "backup": None, "version": None, "force": False,
+        "exit_code": False, "description": "", "check_database": False,
+        "json": False, "quiet": False, "verbose": False,
+    }
+    __slots__ = tuple(DEFAULTS)
+
+    def __init__(self, **values: object):
+        unknown = set(values) - set(self.DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+        for name, default in self.DEFAULTS.items():
+            setattr(self, name, values.get(name, default))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.DEFAULTS
+                          if n != "remote" and getattr(self, n) != self.DEFAULTS[n])
+        return f"Options({shown})"
+
+
+def check_seconds(name: str, value: float, zero: bool = True) -> float:
+    """A number of seconds, finite and not negative (nor zero unless allowed)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{_opt(name)} {value!r} is not a number of seconds") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0 \
+            or (seconds == 0 and not zero):
+        raise ConfigurationError(
+            f"{_opt(name)} {value!r} is not a usable number of seconds: give a finite"
+            f" number {'of 0 or more' if zero else 'above 0'}")
+    return seconds
+
+
+def resolve_options(values: Dict[str, object], environ: Dict[str, str]) -> Options:
+    """The settings that the command line's values (argparse's, as a dict)
+    and the environment name; checked before any I/O but reading the
+    wrangler config.  An empty value is an error, never a default."""
+    get = values.get
+    for name in ("db_path", "migrations_dir", "wrangler_config", "database", "persist_to",
+                 "wrangler_table", "api_base", "target", "version", "backup"):
+        value = get(name)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigurationError(
+                f"{_opt(name)} is empty; give a value, or leave the option out for its default")
+    options = Options(**{name: get(name) for name in Options.DEFAULTS
+                         if get(name) is not None and name not in ("db_path", "migrations_dir")})
+    options.lock_timeout = check_seconds("lock_timeout", get("lock_timeout", DEFAULT_LOCK_TIMEOUT))
+    config = get("wrangler_config")
+    found = None
+    if config:
+        found = wrangler_database(str(config), get("database"), get("persist_to"))
+    else:
+        for name in ("database", "persist_to"):
+            if get(name) is not None:
+                hint = f" For a database file, pass {_opt('db_path')} {get(name)}." \
+                    if name == "database" else ""
+                raise ConfigurationError(
+                    f"{_opt(name)} {get(name)} needs {_opt('wrangler_config')}: it selects"
+                    f" within the wrangler config, and no config was given.{hint}")
+    options.wrangler_table = get("wrangler_table") or (
+        found.migrations_table if found else WRANGLER_TABLE if get("wrangler") else None)
+    options.migrations_dir = str(get("migrations_dir") or (
+        found.migrations_dir if found else DEFAULT_MIGRATIONS_DIR))
+    env = get("env")
+    options.check_database = bool(get("db_path") or env)
+    if get("d1_remote"):
+        options.remote = _d1_settings(values, environ, found)
+        options.db_path = options.remote.database_id
+    elif get("db_path"):
+        options.db_path = str(get("db_path"))
+    elif found:
+        options.db_path = found.db_path
+    elif env == "production":
+        path = environ.get(DB_PATH_VARIABLE, "").strip()
+        if not path:
+            raise ConfigurationError(
+                f"{DB_PATH_VARIABLE} is not set: --env production reads the database"
+                f" path from it. Set {DB_PATH_VARIABLE}=/path/to/db or pass {_opt('db_path')}.")
+        options.db_path = path
+    if options.dry_run and options.backup is not None:
+        raise ConfigurationError(f"{_opt('backup')} and {_opt('dry_run')} exclude each other:"
+                                 " a dry run changes nothing")
+    if options.remote is not None and options.backup is not None:
+        raise ConfigurationError(
+            f"{_opt('backup')} copies a local database file; a remote D1 database is restored"
+            " with Time Travel instead (wrangler d1 time-travel info / restore)")
+    return options
+
+
+def _d1_settings(values: Dict[str, object], environ: Dict[str, str],
+                 found: Optional[WranglerDatabase]) -> D1Settings:
+    """The remote D1 database the environment names; each missing variable
+    is a one-line error before anything is sent."""
+    account = environ.get(D1_ACCOUNT_VARIABLE, "").strip()
+    database = environ.get(D1_DATABASE_VARIABLE, "").strip() or (
+        found.database_id if found else "")
+    token = environ.get(D1_TOKEN_VARIABLE, "").strip()
+    for variable, value, what in (
+            (D1_ACCOUNT_VARIABLE, account, "your Cloudflare account id"),
+            (D1_DATABASE_VARIABLE, database,
+             f"the D1 database's id (or pass {_opt('wrangler_config')} with its database_id)"),
+            (D1_TOKEN_VARIABLE, token, "an API token with D1 edit permission")):
+        if not value:
+            raise ConfigurationError(f"{variable} is not set: {_opt('remote')} needs {what}.")
+    api_base = values.get("api_base")
+    if api_base is None:
+        if D1_API_BASE_VARIABLE in environ and not environ[D1_API_BASE_VARIABLE].strip():
+            raise ConfigurationError(
+                f"{D1_API_BASE_VARIABLE} is set but empty; unset it to use {D1_API_BASE}")
+        api_base = environ.get(D1_API_BASE_VARIABLE, "").strip() or D1_API_BASE
+    if not re.match(r"https?://[^/\s]+", str(api_base)):
+        raise ConfigurationError(
+            f"The D1 API base URL {api_base!r} is not an http:// or https:// URL")
+    retries = values.get("http_retries", DEFAULT_HTTP_RETRIES)
+    if not isinstance(retries, int) or not 0 <= retries <= MAX_HTTP_RETRIES:
+        raise ConfigurationError(
+            f"{_opt('http_retries')} {retries!r} is not a count from 0 to {MAX_HTTP_RETRIES}")
+    return D1Settings(str(api_base).rstrip("/"), account, database, token,
+                      check_seconds("http_timeout",
+                                    values.get("http_timeout", DEFAULT_HTTP_TIMEOUT), zero=False),
+                      retries)
+
+
+# ==========================================================================
+# 8. Outcomes: what happened to each migration, as data.  Migrator._report is
+#    the one place an Outcome is made known; the output, and anything that
+#    wants to know (a history table, metrics), reads it from there.
+# ==========================================================================
+
+APPLIED = "applied"  # committed
+WOULD_APPLY = "would apply"  # a dry run: ran cleanly, then rolled back by design
+UNDONE = "undone"  # ran in a one-transaction run that then failed or stopped
+FAILED = "failed"  # this one failed; it left nothing
+INTERRUPTED = "interrupted"  # a stop arrived while it ran; rolled back
+SKIPPED = "skipped"  # another process applied (or rolled back) it meanwhile
+UNKNOWN = "unknown"  # remote: sent, no answer; D1 ran it wholly or not at all
+NOT_SENT = "not sent"  # remote: the stop came before it was sent
+ROLLED_BACK = "rolled back"  # a rollback: its down script ran and its record is gone
+
+
+class Outcome(NamedTuple):
+    """What became of one migration in a run."""
+
+    action: str  # "apply" or "rollback"
+    result: str  # APPLIED, WOULD_APPLY, UNDONE, FAILED, ... above
+    version: str
+    name: str
+    path: Optional[str]  # the file that ran (a rollback's down script; None: none)
+    index: int  # its place in the run, from 1, and the run's length
+    total: int
+    duration_ms: Optional[float]
+    error: Optional[MigrationError] = None
+
+
+class RunReport:
+    """One run of apply, rollback or init: every Outcome in order, and what
+    surrounds them.  The command line renders its text, JSON and summaries
+    from this; a library caller reads it (and finds it on a raised
+    MigrationError as `.report`)."""
+
+    def __init__(self, action: str, database: str, migrations_dir: str,
+                 dry_run: bool = False, single_transaction: bool = False):
+        self.action = action
+        self.database = database
+        self.migrations_dir = migrations_dir
+        self.dry_run = dry_run
+        self.single_transaction = single_transaction
+        self.outcomes: List[Outcome] = []
+        self.migrations = 0  # migration files in the folder
+        self.planned = 0  # how many this run set out to run
+        self.target: Optional[str] = None  # apply: the target version asked for
+        self.beyond_target = 0  # pending, but after the target version
+        self.ignored = 0  # *.sql files that are not migrations (warned about)
+        self.warnings: List[str] = []
+        self.backup: Optional[str] = None
+        self.synced: List[str] = []  # recorded in wrangler's table after the fact
+        self.wrangler_table: Optional[str] = None
+        self.created = False  # init: the tracking table was made by this run
+        self.statements = 0  # rollback: how many statements its down script had
+        self.error: Optional[MigrationError] = None
+        self.started = time.perf_counter()
+        self.elapsed_ms = 0.0
+
+    def having(self, *results: str) -> List[Outcome]:
+        return [o for o in self.outcomes if o.result in results]
+
+    @property
+    def applied(self) -> List[Outcome]:
+        """The migrations this run committed (a dry run: would commit)."""
+        return self.having(APPLIED, WOULD_APPLY)
+
+    def __repr__(self) -> str:
+        counts: Dict[str, int] = {}
+        for o in self.outcomes:
+            counts[o.result] = counts.get(o.result, 0) + 1
+        return f"RunReport({self.action} on {self.database}: {counts})"
+
+
+# ==========================================================================
+# 9. Bookkeeping: the record of what ran, in the tool's table and (kept in
+#    step) wrangler's.  The SQL that reads, creates, records and forgets is
+#    produced here once, as (sql, parameters) entries that every target runs
+#    in the same transaction as the migration they describe.
+# ==========================================================================
+
+Entry = Tuple[str, list]
+
+
+class AppliedRow(NamedTuple):
+    """A tracking row."""
+
+    version: str
+    name: str
+    checksum: str  # "" for a migration that only wrangler recorded
+    applied_at: str
+    duration_ms: float
+
+
+class Record(NamedTuple):
+    """The record of a database, as read."""
+
+    own: Optional[Dict[int, AppliedRow]]  # by number; None: no tracking table yet
+    wrangler: Optional[Dict[str, str]]  # file name -> applied_at; None: no table (or not kept)
+    # What counts as applied, by number: "0001" and "1" are one migration, so
+    # renaming 0001_x.sql to 1_x.sql does not make it pending.  In wrangler
+    # mode a migration only wrangler recorded counts too, with no checksum.
+    applied: Dict[int, AppliedRow]
+
+
+class Bookkeeping:
+    """The SQL of the record, for the tool's table and, with wrangler_table,
+    wrangler's (`d1_migrations` or the config's migrations_table)."""
+
+    def __init__(self, wrangler_table: Optional[str] = None):
+        self.table = quote_identifier(TRACKING_TABLE)
+        self.wrangler_table = wrangler_table
+        self._wrangler = quote_identifier(wrangler_table) if wrangler_table else None
+        self._insert = SQL_INSERT_APPLIED.format(table=self.table)
+        self._insert_wrangler = SQL_INSERT_WRANGLER.format(table=self._wrangler)
+
+    def read(self, query: Callable[[str, tuple], List[tuple]], where: str) -> Record:
+        """Read and check the record through `query` (a target's read)."""
+        own = self._read_own(query, where)
+        wrangler = self._read_wrangler(query, where) if self._wrangler else None
+        applied = dict(own or {})
+        for name, applied_at in (wrangler or {}).items():
+            match = MIGRATION_FILENAME.match(name)
+            if match and int(match.group(1)) not in applied:
+                applied[int(match.group(1))] = AppliedRow(
+                    match.group(1), name[:-4], "", str(applied_at).replace(" ", "T") + "Z", 0.0)
+        return Record(own, wrangler, applied)
+
+    def _read_own(self, query, where: str) -> Optional[Dict[int, AppliedRow]]:
+        columns = tuple(row[0] for row in query(SQL_TABLE_COLUMNS, (TRACKING_TABLE,)))
+        if not columns:
+            return None
+        if columns != TRACKING_COLUMNS:
+            raise TrackingTableError(
+                f"Table {TRACKING_TABLE} in {where} has the columns"
+                f" ({', '.join(columns)}), not ({', '.join(TRACKING_COLUMNS)});"
+                " another tool or a hand edit made it (dbmate and golang-migrate use"
+                " the same name). Nothing was changed; migrate this database with"
+                " the tool that owns the table, or rename the table.")
+        rows: Dict[int, AppliedRow] = {}
+        for raw in query(SQL_SELECT_APPLIED.format(table=self.table), ()):
+            if not _trusted_row(raw):
+                raise TrackingTableError(
+                    f"Table {TRACKING_TABLE} in {where} has an invalid row {tuple(raw)!r}:"
+                    " the version must be digits, the name and time text, the checksum a"
+                    " SHA256 in hex and the duration a number. Nothing was changed; fix or"
+                    " delete that row by hand.")
+            row = AppliedRow(*raw)
+            twin = rows.get(int(row.version))
+            if twin is not None:
+                raise TrackingTableError(
+                    f"Table {TRACKING_TABLE} in {where} records version {int(row.version)}"
+                    f" twice ({twin.name}, {row.name}); nothing was changed. Delete the"
+                    " wrong row by hand.")
+            rows[int(row.version)] = row
+        return rows
+
+    def _read_wrangler(self, query, where: str) -> Optional[Dict[str, str]]:
+        if not query(SQL_TABLE_COLUMNS, (self.wrangler_table,)):
+            return None
+        try:
+            return {str(name): str(at) for name, at in
+                    query(SQL_SELECT_WRANGLER.format(table=self._wrangler), ())}
+        except (sqlite3.Error, MigrationError, ValueError) as exc:
+            raise TrackingTableError(
+                f"Table {self.wrangler_table} in {where} is not wrangler's"
+                f" migrations table ({exc}); nothing was changed") from None
+
+    def ensure(self, record: Record) -> "tuple[List[Entry], List[str]]":
+        """The entries that create what is missing of the record (idempotent),
+        and the names they record in wrangler's table: migrations this tool
+        applied before that table was kept, so that wrangler does not run
+        them again."""
+        entries: List[Entry] = [(SQL_CREATE_TRACKING.format(table=self.table), [])]
+        synced: List[str] = []
+        if self._wrangler is not None:
+            entries.append((SQL_CREATE_WRANGLER.format(table=self._wrangler), []))
+            known = record.wrangler or {}
+            for row in sorted((record.own or {}).values(), key=lambda r: int(r.version)):
+                if row.name + ".sql" not in known:
+                    entries.append((SQL_RECORD_WRANGLER.format(table=self._wrangler),
+                                    [row.name + ".sql"]))
+                    synced.append(row.name)
+        return entries, synced
+
+    def record(self, migration: Migration, duration_ms: float) -> List[Entry]:
+        """The entries that record `migration` as applied."""
+        entries: List[Entry] = [(self._insert, [
+            migration.version, migration.name, migration.checksum, utc_now(),
+            round(duration_ms, 3)])]
+        if self._wrangler is not None:
+            entries.append((self._insert_wrangler, [migration.filename]))
+        return entries
+
+    def forget(self, row: AppliedRow, record: Record) -> List[Entry]:
+        """The entries that remove `row`'s migration from the record."""
+        entries: List[Entry] = [(SQL_DELETE_APPLIED.format(table=self.table), [row.version])]
+        if self._wrangler is not None and record.wrangler is not None:
+            entries.append((SQL_DELETE_WRANGLER.format(table=self._wrangler),
+                            [row.name + ".sql"]))
+        return entries
+
+    def set_duration(self, version: str, duration_ms: float) -> Entry:
+        """The entry that corrects a recorded duration (a remote target learns
+        it only from D1's answer)."""
+        return (SQL_SET_DURATION.format(table=self.table), [round(duration_ms, 3), version])
+
+
+def _trusted_row(raw: tuple) -> bool:
+    """Whether a tracking row is one this tool could have written: an empty
+    or made-up checksum would hide every later edit of its file."""
+    version, name, checksum, applied_at, duration = raw
+    return (isinstance(version, str) and VERSION_TEXT.match(version) is not None
+            and isinstance(name, str) and name.strip() != ""
+            and isinstance(checksum, str) and CHECKSUM_TEXT.match(checksum) is not None
+            and isinstance(applied_at, str) and applied_at.strip() != ""
+            and isinstance(duration, (int, float)) and not isinstance(duration, bool)
+            and duration == duration and duration >= 0)
+
+
+# ==========================================================================
+# 10. Targets: the narrow interface the engine runs migrations through, and
+#     local SQLite behind it.  (Remote D1 is the next section.)
+# ==========================================================================
+
+
+class Step(NamedTuple):
+    """One migration, or one rollback, ready to run: its statements and the
+    bookkeeping that commits with them, all checked before anything runs."""
+
+    action: str  # "apply" or "roll back", as messages say it
+    version: str
+    name: str
+    path: Optional[str]  # the file that runs; None: a rollback with no down script
+    statements: List[Tuple[int, Statement]]  # with their numbers in the file
+    # How many statements at the start are PRAGMA foreign_keys: SQLite
+    # honours it only outside a transaction, so a local target runs them
+    # before BEGIN (D1 ignores it).
+    hoisted: int
+    record: Callable[[float], List[Entry]]  # the bookkeeping, given the duration in ms
+    # The bookkeeping that corrects the recorded duration, for a target that
+    # learns it only from the answer (D1).
+    amend: Callable[[float], List[Entry]]
+    # Re-reads the record: True when the step's effect is already there
+    # (another process did it, or a lost answer hid that it ran); raises
+    # when the plan no longer holds (a later migration appeared meanwhile).
+    settled: Callable[[], bool]
+
+
+class Target:
+    """What the engine needs of a database, and all it needs: the interface
+    that SQLiteTarget and D1Target each implement (as dbmate's Driver).
+
+    open(mode) -> bool
+        Be ready.  mode "read": read only, False when there is no database
+        (nothing is created); "change": False when there is no database;
+        "create": create it when missing; "dry-run": as "create", but a
+        missing database is stood in for by an empty one, created nowhere.
+    query(sql, params) -> rows
+        One read.
+    ensure(entries)
+        Run idempotent bookkeeping entries (creating the record) and commit.
+    run(step) -> duration in ms, or None
+        One step and its bookkeeping, all or nothing.  None when, under the
+        target's write lock, step.settled() finds it done already.
+    run_all(ensure, plan, commit, on_ran)
+        A whole run as one transaction: the ensure entries, then each step
+        that plan() returns (planned once the target holds its lock),
+        on_ran(step, ms) after each; rolled back unless commit.
+    request_stop(signum)
+        Stop at the next safe point, raising _Stop there.  Safe to call from
+        a signal handler.
+    close()
+    """
+
+    name = ""  # how messages name the database
+    d1_rules = False  # whether D1's rules refuse a migration before it is sent
+
+    def open(self, mode: str) -> bool:
+        raise NotImplementedError
+
+    def query(self, sql: str, params: tuple = ()) -> List[tuple]:
+        raise NotImplementedError
+
+    def ensure(self, entries: List[Entry]) -> None:
+        raise NotImplementedError
+
+    def run(self, step: Step) -> Optional[float]:
+        raise NotImplementedError
+
+    def run_all(self, ensure: List[Entry], plan: Callable[[], List[Step]], commit: bool,
+                on_ran: Callable[[Step, float], None]) -> None:
+        raise NotImplementedError
+
+    def request_stop(self, signum: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -663,23 +1613,19 @@ def _describe_sqlite_error(exc: Exception, db_path: str) -> Optional[MigrationEr
     if "database is locked" in lowered or "database table is locked" in lowered:
         return DatabaseWriteError(
             f"Database {db_path} is locked by another process ({message});"
-            " wait for it to finish or raise --lock-timeout"
-        )
+            f" wait for it to finish or raise {_opt('lock_timeout')}")
     if "readonly" in lowered or "read-only" in lowered:
         return DatabaseWriteError(
             f"Cannot write to database {db_path} ({message}); check the permissions"
-            " of the file and of its folder"
-        )
+            " of the file and of its folder")
     if "disk is full" in lowered:
         return DatabaseWriteError(
             f"Cannot write to database {db_path} ({message}); the disk or the database"
-            " size limit was reached, nothing of the current migration was kept"
-        )
+            " size limit was reached, nothing of the current migration was kept")
     if "disk i/o error" in lowered:
         return DatabaseWriteError(
             f"Cannot write to database {db_path} ({message}); the disk failed to read"
-            " or write, nothing of the current migration was kept: check the disk"
-        )
+            " or write, nothing of the current migration was kept: check the disk")
     if "not a database" in lowered or "malformed" in lowered:
         return DatabaseConnectError(f"{db_path} is not a usable SQLite database ({message})")
     if "unable to open" in lowered:
@@ -687,412 +1633,68 @@ def _describe_sqlite_error(exc: Exception, db_path: str) -> Optional[MigrationEr
     return None
 
 
-# --------------------------------------------------------------------------
-# wrangler's configuration: where its local D1 database and migrations are.
+def _describe_statement(name: str, number: int, statement: Statement, seconds: float) -> str:
+    text = " ".join(statement.sql.split())
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{name} statement {number} (line {statement.line}): {format_ms(seconds * 1000)}  {text}"
 
 
-class WranglerDatabase(namedtuple(
-        "WranglerDatabase", "name database_id db_path migrations_dir migrations_table")):
-    """One D1 database of a wrangler config: the binding or database_name it
-    was chosen by, the remote database's id ("" when the config has none), the
-    local SQLite file `wrangler ... --local` uses, its migrations folder and
-    tracking table (all str)."""
+class SQLiteTarget(Target):
+    """A local SQLite database file (wrangler's local D1 file included).
 
-    __slots__ = ()
-
-
-# Patterns only `check` and the wrangler config readers use stay text until
-# then (re caches what it compiles): the script is started for every command,
-# and compiling them all would cost a millisecond of each start.
-_JSONC_COMMENT = r'(?s)"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/'
-_JSONC_TRAILING_COMMA = r'"(?:\\.|[^"\\])*"|,(?=\s*[}\]])'
-
-
-def _parse_jsonc(text: str) -> dict:
-    """JSON with comments and trailing commas, as wrangler.jsonc allows.
-    Comments go first, so that a comma before a comment counts as trailing."""
-    import json
-
-    def keep_strings(match):
-        return match.group(0) if match.group(0).startswith('"') else ""
-
-    text = re.sub(_JSONC_COMMENT, keep_strings, text)
-    return json.loads(re.sub(_JSONC_TRAILING_COMMA, keep_strings, text))
-
-
-_TOML_KEY_VALUE = (
-    r"""\s*([A-Za-z0-9_-]+)\s*=\s*("(?:\\.|[^"\\])*"|'[^']*'|true|false|[-+0-9.]+)\s*(?:#.*)?\Z""")
-
-
-def _parse_toml_subset(text: str) -> dict:
-    """The part of wrangler.toml this tool needs, for Pythons without tomllib
-    (3.8 to 3.10): top-level keys and [[d1_databases]] tables of plain values."""
-    import json
-    root: dict = {}
-    current: Optional[dict] = root
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            header = re.sub(r"\s+", "", line.split("#", 1)[0])
-            if header == "[[d1_databases]]":
-                current = {}
-                root.setdefault("d1_databases", []).append(current)
-            else:
-                current = None  # a section this tool does not read
-            continue
-        if current is None:
-            continue
-        match = re.match(_TOML_KEY_VALUE, line)
-        if match is None:
-            if current is root and line.split("=", 1)[0].strip() != "d1_databases":
-                continue  # a top-level value this reader cannot parse, not needed
-            raise ConfigurationError(
-                f"Cannot read line {number} of the wrangler config: {raw.strip()!r};"
-                " on Python 3.8 to 3.10 write d1_databases as [[d1_databases]] tables"
-                " of plain values (Python 3.11+ reads any TOML)")
-        key, value = match.groups()
-        if value.startswith("'"):
-            current[key] = value[1:-1]
-        else:
-            current[key] = json.loads(value)
-    return root
-
-
-def read_wrangler_config(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise ConfigurationError(f"Cannot read wrangler config {path}: {exc.strerror}") from None
-    try:
-        if path.endswith(".toml"):
-            try:
-                import tomllib  # Python 3.11+  # novm
-            except ImportError:
-                return _parse_toml_subset(text)
-            return tomllib.loads(text)
-        return _parse_jsonc(text)
-    except ValueError as exc:  # json and tomllib errors both derive from it
-        raise ConfigurationError(f"Cannot parse wrangler config {path}: {exc}") from None
-
-
-def miniflare_object_id(name: str) -> str:
-    """The Durable Object id miniflare names a local D1 database's file after
-    (its idFromName for the D1DatabaseObject namespace)."""
-    import hmac
-    key = hashlib.sha256(b"miniflare-D1DatabaseObject").digest()
-    first = hmac.new(key, name.encode("utf-8"), hashlib.sha256).digest()[:16]
-    return (first + hmac.new(key, first, hashlib.sha256).digest()[:16]).hex()
-
-
-def wrangler_database(config_path: str, database: Optional[str] = None,
-                      persist_to: Optional[str] = None) -> WranglerDatabase:
-    """Find a D1 database of a wrangler config, by binding or database_name."""
-    config = read_wrangler_config(config_path)
-    entries = [e for e in config.get("d1_databases") or [] if isinstance(e, dict)]
-    if database is not None:
-        chosen = [e for e in entries if database in (e.get("binding"), e.get("database_name"))]
-    else:
-        chosen = entries if len(entries) == 1 else []
-    names = ", ".join(str(e.get("binding") or e.get("database_name")) for e in entries)
-    if not chosen:
-        if database is None and entries:
-            raise ConfigurationError(
-                f"{config_path} has several D1 databases ({names}); choose one with --database")
-        raise ConfigurationError(
-            f"{config_path} has no D1 database {database or ''}".rstrip()
-            + (f" (it has: {names})" if names else " ([[d1_databases]] is empty)"))
-    entry = chosen[0]
-    ident = entry.get("preview_database_id") or entry.get("database_id") or entry.get("binding")
-    if not ident:
-        raise ConfigurationError(
-            f"The D1 database in {config_path} has no preview_database_id, database_id"
-            " or binding to name its local file after")
-    folder = os.path.dirname(config_path)
-    state = persist_to if persist_to else os.path.join(folder, WRANGLER_STATE_DIR)
-    return WranglerDatabase(
-        str(entry.get("binding") or entry.get("database_name")),
-        str(entry.get("database_id") or ""),
-        os.path.join(state, WRANGLER_D1_DIR, miniflare_object_id(str(ident)) + ".sqlite"),
-        os.path.join(folder, entry.get("migrations_dir") or DEFAULT_MIGRATIONS_DIR),
-        entry.get("migrations_table") or WRANGLER_TABLE,
-    )
-
-
-# --------------------------------------------------------------------------
-# What Cloudflare D1 rejects or treats differently, found before deploy.
-
-D1_MAX_STATEMENT_BYTES = 100_000
-# D1 authorizes only these PRAGMAs (checked against D1's engine) and answers
-# "not authorized" to the rest (journal_mode, user_version, synchronous, ...).
-D1_PRAGMAS = frozenset((
-    "foreign_keys", "defer_foreign_keys", "foreign_key_check", "foreign_key_list",
-    "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo",
-    "index_list", "quick_check", "optimize", "case_sensitive_like",
-    "recursive_triggers", "legacy_alter_table", "ignore_check_constraints",
-    "reverse_unordered_selects",
-))
-# Text until `check` runs, as the wrangler config patterns above.
-# check's patterns read a statement whose comments are spaces (_without_comments).
-# A name as SQL spells it: quoted, or a bare word.
-_SQL_NAME = r'(?:"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`|\[[^\]]*\]|[^\s.;(]+)'
-_PRAGMA_NAME = rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?(\w+)"
-# Every spelling SQLite reads as "off" (sqlite3GetBoolean), quoted or not.
-_FOREIGN_KEYS_OFF = (
-    rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?foreign_keys[\"`\]]?\s*(?:=\s*|\(\s*)"
-    r"(['\"]?)(?:0+|off|false|no)\1\s*\)?\s*;?\s*\Z")
-_TEMP_OBJECT = (
-    r"(?i)CREATE\s+(?:TEMP(?:ORARY)?\s+(TABLE|VIEW|TRIGGER)\b"
-    r"|(?:UNIQUE\s+|VIRTUAL\s+)?(TABLE|VIEW|TRIGGER|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-    r"[\"`\[]?temp[\"`\]]?\s*\.)")
-# Quoted text is matched whole, so that a comment marker inside it is text.
-_QUOTED_OR_COMMENT = (r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`"""
-                      rf"|\[[^\]]*\]|({_COMMENT})")
-# The only wrapper wrangler removes: exactly this text, case and all.
-WRANGLER_WRAPPER = ("BEGIN TRANSACTION;", "COMMIT;")
-_CF_RESERVED_NAME = (
-    r"(?i)(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:UNIQUE\s+)?(?:VIRTUAL\s+)?"
-    r"(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-    rf"|ALTER\s+TABLE\s+(?:{_SQL_NAME}\s*\.\s*)?{_SQL_NAME}\s+RENAME\s+TO\s+)"
-    r"(?:[\w\"`\[\]]+\s*\.\s*)?[\"`\[]?(_cf_\w*)")
-
-
-class Finding(namedtuple("Finding", "severity path line code message")):
-    """One problem `check` found: severity ("error" or "warning"), path, line
-    (None for the whole file), code and message: where, how bad, and what to
-    do."""
-
-    __slots__ = ()
-
-
-def check_statements(path: str, statements: List[Statement]) -> List[Finding]:
-    """The D1 findings in one file's statements."""
-    findings: List[Finding] = []
-
-    def add(severity: str, statement: Statement, code: str, message: str) -> None:
-        findings.append(Finding(severity, path, statement.line, code, message))
-
-    wrapped = (len(statements) >= 2 and statements[0].keyword == "BEGIN"
-               and statements[-1].keyword in ("COMMIT", "END"))
-    exact_wrapper = wrapped and (statements[0].sql, statements[-1].sql) == WRANGLER_WRAPPER
-    for index, statement in enumerate(statements):
-        keyword, sql = statement.keyword, statement.sql
-        words = _without_comments(sql) if keyword in ("PRAGMA", "CREATE", "ALTER") else sql
-        if keyword in TRANSACTION_KEYWORDS:
-            if wrapped and index in (0, len(statements) - 1) and exact_wrapper:
-                add("warning", statement, "transaction-wrapper",
-                    f"{keyword} around the whole file: D1 rejects it, but this tool"
-                    " and wrangler remove exactly this wrapper before sending the file")
-            elif wrapped and index in (0, len(statements) - 1):
-                add("error", statement, "transaction-statement",
-                    f"{keyword} around the whole file: D1 rejects it, and wrangler removes"
-                    " only the exact text `BEGIN TRANSACTION;` ... `COMMIT;`; drop the"
-                    " wrapper (each migration already runs in a transaction)")
-            else:
-                add("error", statement, "transaction-statement",
-                    f"{keyword} is rejected by D1, which runs each migration in its own"
-                    " transaction; remove it")
-        elif keyword == "PRAGMA":
-            name = re.match(_PRAGMA_NAME, words)
-            if name and name.group(1).lower() not in D1_PRAGMAS:
-                add("error", statement, "unauthorized-pragma",
-                    f"PRAGMA {name.group(1).lower()} is not authorized on D1;"
-                    " remove it")
-            elif re.match(_FOREIGN_KEYS_OFF, words):
-                add("error", statement, "foreign-keys-off",
-                    "PRAGMA foreign_keys = OFF has no effect on D1, which always enforces"
-                    " foreign keys (a DROP TABLE of a parent can delete child rows);"
-                    " use PRAGMA defer_foreign_keys = ON instead")
-        elif keyword in ("ATTACH", "DETACH", "VACUUM"):
-            add("error", statement, "unauthorized-statement",
-                f"{keyword} is not authorized on D1; remove it")
-        size = len(sql.encode("utf-8"))
-        if size > D1_MAX_STATEMENT_BYTES:
-            add("error", statement, "statement-too-long",
-                f"the statement is {size:,} bytes; D1 refuses statements over"
-                f" {D1_MAX_STATEMENT_BYTES:,} bytes, split it (e.g. one INSERT per"
-                " batch of rows)")
-        temporary = re.match(_TEMP_OBJECT, words) if keyword == "CREATE" else None
-        if temporary:
-            kind = (temporary.group(1) or temporary.group(2)).upper()
-            add("error", statement, "temporary-object",
-                f"D1 does not allow TEMP {kind}s; create a regular one, or drop it at"
-                " the end of the migration")
-        reserved = re.match(_CF_RESERVED_NAME, words) if keyword in ("CREATE", "ALTER") else None
-        if reserved:
-            add("error", statement, "reserved-name",
-                f"the name {reserved.group(1)} starts with _cf_, which D1 reserves;"
-                " rename it")
-    if statements and not is_terminated(statements[-1]):
-        add("error", statements[-1], "missing-semicolon",
-            "the last statement has no ';': wrangler appends its own INSERT to the file"
-            " and the migration fails on D1; end it with ';'")
-    return findings
-
-
-def _without_comments(sql: str) -> str:
-    """sql with each comment made one space, as SQLite reads it."""
-    if "--" not in sql and "/*" not in sql:
-        return sql
-    return re.sub(_QUOTED_OR_COMMENT, lambda m: " " if m.group(1) else m.group(0), sql)
-
-
-def is_terminated(statement: Statement) -> bool:
-    """Whether a statement ends with its own ';' (only the last one of a file
-    may not; a ';' inside its trailing comment does not count)."""
-    return statement.sql.endswith(";") and sqlite3.complete_statement(statement.sql)
-
-
-def check_folder(migrations_dir: str) -> "tuple[List[Migration], List[Finding]]":
-    """Every finding in a migrations folder: names, numbers, encoding, SQL
-    that D1 rejects.  Reads files only; needs no database."""
-    findings: List[Finding] = []
-    try:
-        names = sorted(os.listdir(migrations_dir))
-    except OSError as exc:
-        raise ConfigurationError(
-            f"Cannot read migrations folder {migrations_dir}: {exc.strerror}") from None
-    migrations: List[Migration] = []
-    by_number: Dict[int, Migration] = {}
-    for name in names:
-        path = os.path.join(migrations_dir, name)
-        if not name.lower().endswith(".sql") or not os.path.isfile(path):
-            continue
-        match = MIGRATION_FILENAME.match(name)
-        if not match or not _is_utf8_name(name):
-            findings.append(Finding(
-                "error", path, None, "bad-name",
-                "the name does not match NNNN_description.sql: apply_migrations.py"
-                " ignores it, but wrangler would try to apply it; rename it"))
-            continue
-        migration = Migration(match.group(1), name[:-4], path)
-        twin = by_number.get(migration.number)
-        if twin is not None:
-            findings.append(Finding(
-                "error", path, None, "duplicate-number",
-                f"the number {migration.number} is also used by {twin.filename};"
-                " renumber one of them"))
-            continue
-        by_number[migration.number] = migration
-        migrations.append(migration)
-        try:
-            statements = split_sql(decode_sql(migration.data))
-        except SQLSplitError as exc:
-            code = "invalid-utf8" if isinstance(exc, InvalidUTF8) else "incomplete-sql"
-            findings.append(Finding("error", path, exc.line, code, exc.reason))
-            continue
-        findings.extend(check_statements(path, statements))
-    migrations.sort(key=lambda m: m.number)
-    return migrations, findings
-
-
-# --------------------------------------------------------------------------
-# The Migrator: owns the connection, knows nothing of argparse or stdout.
-
-
-# A migration's statements ready to run, each with its 1-based number in the file.
-if TYPE_CHECKING:
-    Prepared = List[Tuple[int, Statement]]
-
-
-class ApplyResult(namedtuple("ApplyResult", "applied backup_path")):
-    """The Migrations applied in this run (with dry_run: what would be), and
-    the backup's path (None without one)."""
-
-    __slots__ = ()
-
-
-_FOREIGN_KEYS_PRAGMA = re.compile(r"PRAGMA\s+(?:main\s*\.\s*)?foreign_keys\b", re.IGNORECASE)
-SLOW_STATEMENT_SECONDS = 2.0
-
-
-class Migrator:
-    """Applies, inspects and rolls back the migrations of one folder on one
-    SQLite database.
-
-    Every migration runs in one transaction together with its tracking row:
-    if any statement fails, its changes are rolled back, no record is written
-    and the migration stays pending.  Reads (status) never write, and never
-    create the database file or the tracking table.
-
-    Output goes only through the optional callbacks: ``log`` gets one line per
-    statement with its timing, ``on_slow_statement`` is called a few times a
-    second while one statement has run longer than two seconds.
+    Transactions are the tool's own (isolation_level=None, explicit BEGIN
+    IMMEDIATE, COMMIT and ROLLBACK): a step and its bookkeeping commit
+    together, and any failure, Ctrl-C included, rolls both back before the
+    exception leaves.  Output goes only through the optional callbacks:
+    ``log`` gets one line per statement with its timing,
+    ``on_slow_statement`` is called a few times a second while one statement
+    has run longer than two seconds.
     """
 
-    def __init__(
-        self,
-        db_path: str,
-        migrations_dir: str = DEFAULT_MIGRATIONS_DIR,
-        *,
-        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-        foreign_keys: bool = False,
-        wrangler_table: Optional[str] = None,
-        log: Optional[Callable[[str], None]] = None,
-        on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
-    ):
-        self.db_path = db_path
-        self.migrations_dir = migrations_dir
-        self.lock_timeout = lock_timeout
+    def __init__(self, path: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                 foreign_keys: bool = False,
+                 log: Optional[Callable[[str], None]] = None,
+                 on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None):
+        self.path = self.name = path
+        self.lock_timeout = check_seconds("lock_timeout", lock_timeout)
         self.foreign_keys = foreign_keys
         self.log = log
         self.on_slow_statement = on_slow_statement
-        self.warnings: List[str] = []
-        self.synced: List[str] = []  # recorded for wrangler after the fact
-        self.table = quote_identifier(TRACKING_TABLE)
-        # With a wrangler table, wrangler's record is kept in step with ours.
-        self.wrangler_table = wrangler_table
-        self._wrangler = quote_identifier(wrangler_table) if wrangler_table else None
-        self._sql_insert = SQL_INSERT_APPLIED.format(table=self.table)
-        self._sql_insert_wrangler = SQL_INSERT_WRANGLER.format(table=self._wrangler)
         self._conn: Optional[sqlite3.Connection] = None
-        self._migrations: Optional[List[Migration]] = None
         self._stop_signal: Optional[int] = None
-        self._data_version: Optional[int] = None
-        self._applied: Applied = {}  # as last read, inside the write lock
+        self._seen_version: Optional[int] = None  # data_version when the record was read
+        self._capture = True
         self._foreign_keys_default = 0
+        self._orphans_checked = False
         # What the progress handler reports while a statement runs long.
         self._running: Optional[tuple] = None
         self._next_tick = 0.0
 
-    # -- connection and transactions ------------------------------------
+    # -- the interface ------------------------------------------------------
 
-    def close(self) -> None:
+    def open(self, mode: str) -> bool:
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def __enter__(self) -> "Migrator":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def _connect(self, readonly: bool = False, memory: bool = False
-                 ) -> Optional[sqlite3.Connection]:
-        """Open the database; None when reading one that does not exist.
-
-        memory opens an empty in-memory database instead (a dry run against
-        a database that does not exist yet must not create it).
-        """
-        if self._conn is not None:
-            return self._conn
-        path = self.db_path
+            return True
+        path = self.path
+        if not path:
+            raise ConfigurationError(f"The database path is an empty string; pass {_opt('db_path')}")
         if os.path.isdir(path):
             raise DatabaseConnectError(f"{path} is a directory, not a database file")
-        if readonly and not os.path.exists(path):
-            return None
-        # Also for a dry run's in-memory stand-in: a real run would stop here.
+        exists = os.path.exists(path)
+        if mode in ("read", "change") and not exists:
+            return False
+        # Also for a dry run's stand-in: a real run would stop here.
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise DatabaseConnectError(
-                f"the folder {os.path.dirname(path) or folder} of database {path}"
-                " does not exist"
-            )
-        if memory:
-            target = ":memory:"
+                f"the folder {os.path.dirname(path) or folder} of database {path} does not exist")
+        if mode == "dry-run" and not exists:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise DatabaseConnectError(
+                    f"cannot create {path}: its folder {os.path.dirname(path) or folder}"
+                    " is not writable")
+            target, uri = ":memory:", False
         else:
             # Read-write, which never creates the database, where read-only
             # would leave something behind: a journal left by a crash must be
@@ -1100,22 +1702,146 @@ class Migrator:
             # database creates -wal and -shm files, which only a read-write
             # connection removes when it closes last.  Either way only reads
             # are issued.
+            readonly = mode == "read"
             leaves_files = readonly and (
                 os.path.exists(path + "-journal")
                 or (_in_wal_mode(path) and not os.path.exists(path + "-wal")))
-            target = _sqlite_uri(path, "rw" if leaves_files else "ro" if readonly else "rwc")
+            target = _sqlite_uri(path, "rw" if leaves_files or mode == "change"
+                                 else "ro" if readonly else "rwc")
+            uri = True
+        self._conn = self._connect(target, uri, readonly=mode == "read")
+        return True
+
+    def query(self, sql: str, params: tuple = ()) -> List[tuple]:
+        conn = self._conn
+        if self._capture and not conn.in_transaction:  # type: ignore[union-attr]
+            # The first read since our last write: what run() compares with
+            # to learn whether another process wrote since (data_version
+            # changes only with other connections' commits).
+            self._seen_version = self._data_version()
+            self._capture = False
+        return self._wait_for_lock(sql, params=params).fetchall()
+
+    def ensure(self, entries: List[Entry]) -> None:
+        self._begin()
+        try:
+            for sql, params in entries:
+                self._admin(sql, params)
+            self._wait_for_lock("COMMIT")
+        except BaseException:
+            self._abandon()
+            raise
+        self._capture = True
+
+    def run(self, step: Step) -> Optional[float]:
+        with self._pragmas_first(step) as hoisted:
+            self._begin()
+            try:
+                self._check_orphans(step)
+                # Another process wrote since the engine read the record:
+                # follow what it did.
+                if self._data_version() != self._seen_version and step.settled():
+                    self._abandon()
+                    return None
+                started = time.perf_counter()
+                self._execute(step, step.statements[hoisted:])
+                duration_ms = self._finish_step(step, started)
+                try:
+                    self._wait_for_lock("COMMIT")
+                except sqlite3.Error as exc:
+                    raise MigrationFailed(step.name, step.path,
+                                          f"{exc} at COMMIT; it was rolled back",
+                                          action=step.action) from exc
+            except BaseException:
+                self._abandon()
+                raise
+        self._capture = True
+        return duration_ms
+
+    def run_all(self, ensure: List[Entry], plan: Callable[[], List[Step]], commit: bool,
+                on_ran: Callable[[Step, float], None]) -> None:
+        self._begin()
+        try:
+            for sql, params in ensure:
+                self._admin(sql, params)
+            steps = plan()
+            if not self.foreign_keys:
+                self._refuse_hoisting(steps, "single_transaction" if commit else "dry_run")
+            for step in steps:
+                self._check_orphans(step)
+                started = time.perf_counter()
+                self._execute(step, step.statements)
+                on_ran(step, self._finish_step(step, started))
+            if self._stop_signal is not None:
+                raise _Stop(self._stop_signal, "rolled back")
+            if not commit:
+                self._abandon()
+                return
+            try:
+                self._wait_for_lock("COMMIT")
+            except sqlite3.Error as exc:
+                raise MigrationError(
+                    f"Failed to commit the run to {self.path}: {exc} at COMMIT; rolled back the"
+                    f" whole run ({_opt('single_transaction')}): nothing was applied") from exc
+        except BaseException:
+            self._abandon()
+            raise
+
+    def request_stop(self, signum: int) -> None:
+        """Only takes note: a running statement is aborted by SQLite's
+        progress handler, and the loops check between statements, so the
+        step in progress is rolled back and one that has committed stays.
+        Later signals change nothing."""
+        if self._stop_signal is None:
+            self._stop_signal = signum
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            self._orphans_checked = False
+
+    def backup(self, path: Optional[str] = None) -> str:
+        """Copy the database with SQLite's online backup API (not inside a
+        write transaction: the API reports SQLITE_LOCKED for ever there);
+        returns the copy's path.  Without a path: beside the database, with
+        the UTC time in the name."""
+        if path is None:
+            stem, ext = os.path.splitext(self.path)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            path = f"{stem}-backup-{stamp}{ext or '.db'}"
+            serial = 1
+            while os.path.exists(path):  # two runs within one second
+                serial += 1
+                path = f"{stem}-backup-{stamp}-{serial}{ext or '.db'}"
+        if os.path.exists(path):
+            raise MigrationError(
+                f"Backup file {path} already exists; nothing was applied. Move it away"
+                f" or name another with {_opt('backup')} PATH")
+        try:
+            copy = sqlite3.connect(path)
+            try:
+                self._conn.backup(copy)  # type: ignore[union-attr]
+            finally:
+                copy.close()
+        except (sqlite3.Error, OSError) as exc:
+            if os.path.exists(path):
+                os.remove(path)
+            raise MigrationError(
+                f"Backup of {self.path} to {path} failed ({exc}); nothing was applied") from None
+        return path
+
+    # -- connection, locks and transactions ---------------------------------
+
+    def _connect(self, target: str, uri: bool, readonly: bool) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                target,
-                uri=not memory,
-                isolation_level=None,  # we issue BEGIN/COMMIT/ROLLBACK ourselves
-                timeout=self.lock_timeout,
-                check_same_thread=False,
-                # Migration statements run once each: caching them only costs.
-                cached_statements=0,
-            )
+                target, uri=uri,
+                isolation_level=None,  # BEGIN, COMMIT and ROLLBACK are ours
+                timeout=self.lock_timeout, check_same_thread=False,
+                cached_statements=0)  # migration statements run once each
         except sqlite3.Error as exc:
-            raise DatabaseConnectError(f"cannot open {path} ({exc})") from None
+            raise DatabaseConnectError(f"cannot open {self.path} ({exc})") from None
         try:
             # Waits for a lock happen in _wait_for_lock, where Ctrl-C is
             # noticed: SQLite's own wait would hold it until the wait ends.
@@ -1133,69 +1859,57 @@ class Migrator:
                 conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         except sqlite3.Error as exc:
             conn.close()
-            raise _describe_sqlite_error(exc, path) or DatabaseConnectError(
-                f"cannot read {path} ({exc})"
-            ) from None
+            raise _describe_sqlite_error(exc, self.path) or DatabaseConnectError(
+                f"cannot read {self.path} ({exc})") from None
         except BaseException:
             conn.close()
             raise
         conn.set_progress_handler(self._progress, PROGRESS_STEPS)
-        self._conn = conn
         return conn
 
-    @contextmanager
-    def transaction(self, immediate: bool = False, commit: bool = True
-                    ) -> Iterator[sqlite3.Connection]:
-        """BEGIN, yield, COMMIT; ROLLBACK on any exception (Ctrl-C too), re-raise.
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE: the write lock, so that what is read inside cannot
+        change before this transaction ends."""
+        self._wait_for_lock("BEGIN IMMEDIATE")
 
-        IMMEDIATE takes the write lock at BEGIN, waiting up to lock_timeout,
-        so what is read inside cannot change before this transaction ends.
-        With commit=False the block is always rolled back (a dry run).
-        """
+    def _abandon(self) -> None:
+        """Roll back whatever is open (a library caller's connection must not
+        stay inside a transaction after an error)."""
         conn = self._conn
-        assert conn is not None
-        if immediate:
-            self._wait_for_lock("BEGIN IMMEDIATE")
-        else:
-            self._execute_admin("BEGIN")
-        try:
-            yield conn
-            # Inside the try: a COMMIT that fails (a deferred foreign key, a
-            # lock that outlasts lock_timeout) leaves the transaction open.
-            if commit:
-                try:
-                    self._wait_for_lock("COMMIT")
-                except sqlite3.Error as exc:
-                    raise CommitFailed(f"{exc} at COMMIT") from exc
-        except BaseException:
-            if conn.in_transaction:
+        if conn is not None and conn.in_transaction:
+            try:
                 conn.execute("ROLLBACK")
-            raise
-        if not commit:
-            self._execute_admin("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite has rolled back already (an I/O error, say)
 
-    def _wait_for_lock(self, sql: str, conn: Optional[sqlite3.Connection] = None) -> None:
-        """BEGIN IMMEDIATE or COMMIT, the two statements that wait for other
-        connections (a writer; readers finishing), and the first read,
-        retried for up to lock_timeout in short steps.  The writing
-        connection has no busy timeout of its own: SQLite's wait would hold
-        a Ctrl-C until it ends, this one notices it within milliseconds.
-        (Inside the write lock nothing else waits: SQLite does not fail a
-        statement whose cache spill finds readers, it keeps the pages in
-        memory.)"""
+    def _data_version(self) -> int:
+        # A read of the file header: outside a transaction it can meet a
+        # writer's lock like any read.
+        return self._wait_for_lock("PRAGMA data_version").fetchone()[0]
+
+    def _wait_for_lock(self, sql: str, conn: Optional[sqlite3.Connection] = None,
+                       params: Sequence[object] = ()) -> sqlite3.Cursor:
+        """The statements that wait for other connections: BEGIN IMMEDIATE
+        and COMMIT (a writer; readers finishing) and reads outside a
+        transaction (a writer committing), retried for up to lock_timeout in
+        short steps.  The connection has no busy timeout of its own: SQLite's
+        wait would hold a Ctrl-C until it ends, this one notices it within
+        milliseconds.  (Inside the write lock nothing else waits: SQLite does
+        not fail a statement whose cache spill finds readers, it keeps the
+        pages in memory.)"""
         execute = (conn or self._conn).execute  # type: ignore[union-attr]
         deadline: Optional[float] = None
         pause = 0.001
         while True:
             try:
-                execute(sql)
-                return
+                return execute(sql, params)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
-                    raise _describe_sqlite_error(exc, self.db_path) or exc from None
+                    raise _describe_sqlite_error(exc, self.path) or exc from None
             if deadline is None:
                 deadline = time.monotonic() + self.lock_timeout
-            self.check_stop()
+            if self._stop_signal is not None:
+                raise _Stop(self._stop_signal, None)
             if time.monotonic() >= deadline:
                 raise self._lock_timeout_error()
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
@@ -1203,151 +1917,650 @@ class Migrator:
 
     def _lock_timeout_error(self) -> DatabaseWriteError:
         return DatabaseWriteError(
-            f"Database {self.db_path} stayed locked by another process for"
-            f" {self.lock_timeout:g} s (--lock-timeout); nothing of the current"
-            " migration was kept. Retry when the other migration run or program"
-            " has finished.")
+            f"Database {self.path} stayed locked by another process for"
+            f" {self.lock_timeout:g} s ({_opt('lock_timeout')}); nothing of the current"
+            " migration was kept. Retry when the other migration run or program has finished.")
 
-    def _execute_admin(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    def _admin(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
         """Run the tool's own SQL; database-level failures become one clear error."""
         try:
             return self._conn.execute(sql, params)  # type: ignore[union-attr]
         except sqlite3.Error as exc:
             if self._stop_signal is not None:
-                raise Interrupted(self._stop_signal) from None
-            described = _describe_sqlite_error(exc, self.db_path)
+                raise _Stop(self._stop_signal, "rolled back") from None
+            described = _describe_sqlite_error(exc, self.path)
             if described is None:
                 raise
             if "locked" in str(exc):
                 described = self._lock_timeout_error()
             raise described from None
 
-    # -- interruption and progress ------------------------------------------
+    # -- running statements ------------------------------------------------------
 
-    def request_stop(self, signum: int) -> None:
-        """Signal handler: stop at the next safe point.
+    def _execute(self, step: Step, statements: List[Tuple[int, Statement]]) -> None:
+        """The statements of a step, each run to its last row (as
+        executescript and D1 run them: a SELECT can fail on a later row)."""
+        execute = self._conn.cursor().execute  # type: ignore[union-attr]
+        log = self.log
+        number, statement = 0, None
+        try:
+            for number, statement in statements:
+                started = time.perf_counter()
+                self._running = (step.name, number, statement.line, started)
+                self._next_tick = started + SLOW_STATEMENT_SECONDS
+                for _ in execute(statement.sql):
+                    pass
+                # Between statements too: a file of many short ones may never
+                # reach the progress handler.
+                if self._stop_signal is not None:
+                    raise _Stop(self._stop_signal, "rolled back")
+                if log is not None:
+                    log(_describe_statement(step.name, number, statement,
+                                            time.perf_counter() - started))
+        except (sqlite3.Error, sqlite3.Warning, ValueError) as exc:
+            if self._stop_signal is not None:
+                raise _Stop(self._stop_signal, "rolled back") from None
+            described = _describe_sqlite_error(exc, self.path)
+            reason = str(described) if isinstance(described, DatabaseWriteError) else str(exc)
+            raise MigrationFailed(step.name, step.path, reason, number,
+                                  statement.line, statement.sql,  # type: ignore[union-attr]
+                                  action=step.action) from exc
+        finally:
+            self._running = None
 
-        It only takes note: a running statement is aborted by SQLite's
-        progress handler, and the loops check between statements and
-        between migrations, so the migration in progress is rolled back and
-        one that has committed is counted as applied.  Later signals change
-        nothing.
-        """
-        if self._stop_signal is None:
-            self._stop_signal = signum
+    def _finish_step(self, step: Step, started: float) -> float:
+        """After a step's statements: check its foreign keys and write its
+        bookkeeping; returns its duration in ms."""
+        if self.foreign_keys:
+            broken = self._foreign_key_violations()
+            if broken:
+                raise MigrationFailed(
+                    step.name, step.path,
+                    f"it leaves rows whose foreign keys point nowhere: {broken}"
+                    " (PRAGMA foreign_key_check; D1 enforces foreign keys)", action=step.action)
+        duration_ms = (time.perf_counter() - started) * 1000.0
+        for sql, params in step.record(duration_ms):
+            self._admin(sql, params)
+        return duration_ms
 
-    def check_stop(self) -> None:
-        if self._stop_signal is not None:
-            raise Interrupted(self._stop_signal)
+    @contextmanager
+    def _pragmas_first(self, step: Step) -> Iterator[int]:
+        """Run a file's leading PRAGMA foreign_keys before its transaction
+        (a no-op inside one, as SQLite documents); yield how many statements
+        that was, and restore the setting after.  With foreign_keys on, they
+        stay where they are, as on D1."""
+        hoisted = 0 if self.foreign_keys else step.hoisted
+        try:
+            if hoisted:
+                self._execute(step, step.statements[:hoisted])
+            yield hoisted
+        finally:
+            if hoisted and self._conn is not None:
+                self._conn.execute(f"PRAGMA foreign_keys = {self._foreign_keys_default}")
+
+    @staticmethod
+    def _refuse_hoisting(steps: List[Step], option: str) -> None:
+        """One transaction for the whole run cannot honour a file's leading
+        PRAGMA foreign_keys, so it would not do what a normal apply does."""
+        for step in steps:
+            if step.hoisted:
+                number, statement = step.statements[0]
+                raise MigrationFailed(
+                    step.name, step.path,
+                    f"it starts with PRAGMA foreign_keys, which SQLite honours only"
+                    f" outside a transaction, so {_opt(option)} cannot run it as apply does;"
+                    f" apply without {_opt(option)}", number, statement.line, statement.sql)
+
+    def _foreign_key_violations(self) -> Optional[str]:
+        """PRAGMA foreign_key_check, as text for a message; None if clean."""
+        try:
+            broken = self._admin("PRAGMA foreign_key_check").fetchall()
+        except sqlite3.Error:
+            # The progress handler aborts a long check on Ctrl-C.
+            if self._stop_signal is not None:
+                raise _Stop(self._stop_signal, "rolled back") from None
+            raise
+        if not broken:
+            return None
+        shown = ", ".join(f"{table} rowid {rowid} -> {parent}"
+                          for table, rowid, parent, _ in broken[:5])
+        return shown + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+
+    def _check_orphans(self, step: Step) -> None:
+        """With foreign_keys the check runs after each step, so it must hold
+        before the first: otherwise old orphans would be blamed on it."""
+        if not self.foreign_keys or self._orphans_checked:
+            return
+        broken = self._foreign_key_violations()
+        if broken:
+            done = "applied" if step.action == "apply" else "rolled back"
+            raise MigrationError(
+                f"Database {self.path} already has rows whose foreign keys point"
+                f" nowhere ({broken}); {_opt('foreign_keys')} checks after each migration,"
+                f" so fix these rows first. Nothing was {done}.")
+        self._orphans_checked = True
 
     def _progress(self) -> bool:
         """SQLite's progress handler: True aborts the running statement."""
         if self._stop_signal is not None:
             return True
-        if self._running is not None:
+        if self._running is not None and self.on_slow_statement is not None:
             now = time.perf_counter()
             if now >= self._next_tick:
                 self._next_tick = now + 0.25
                 name, number, line, started = self._running
-                self.on_slow_statement(name, number, line, now - started)  # type: ignore[misc]
+                self.on_slow_statement(name, number, line, now - started)
         return False
 
-    # -- reading -------------------------------------------------------------
+
+# ==========================================================================
+# 11. Remote D1: the HTTP client, and the target that sends each step as one
+#     batch, which D1 runs as one transaction.
+# ==========================================================================
+
+# A statement that always fails with a message of its own: appended to a batch
+# it makes D1 roll the batch back, which a dry run and the search for a
+# failing statement need.
+D1_SENTINEL_TABLE = "apply_migrations: rolled back on purpose"
+SQL_SENTINEL = f"SELECT * FROM {quote_identifier(D1_SENTINEL_TABLE)}"
+
+
+def d1_sql(statement: Statement) -> str:
+    """A statement as sent to D1.  D1's server-side splitter, which sees
+    each batch entry too, has cut trigger bodies whose BEGIN or END is not in
+    upper case ("incomplete input"): upper-case those two words of a
+    CREATE TRIGGER.  SQLite reads keywords in any case, so nothing else
+    changes; the file and its checksum are untouched."""
+    if statement.keyword != "CREATE":
+        return statement.sql
+    sql = statement.sql
+    words = [m for m in _HEAD_TOKEN.finditer(sql) if _IDENTIFIER.match(m.group())]
+    lowered = [m.group().lower() for m in words[:3]]
+    if "trigger" not in lowered[1:3] or (lowered[1] != "trigger" and
+                                         lowered[1] not in ("temp", "temporary")):
+        return sql
+    begin = next((m for m in words if m.group().lower() == "begin"), None)
+    end = next((m for m in reversed(words) if m.group().lower() == "end"), None)
+    if begin is None or end is None or end.start() < begin.start():
+        return sql
+    return (sql[:begin.start()] + "BEGIN" + sql[begin.end():end.start()] + "END"
+            + sql[end.end():])
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, maybe_ran: bool, delay: Optional[float] = None):
+        self.reason = reason
+        self.maybe_ran = maybe_ran
+        self.delay = delay
+        super().__init__(reason)
+
+
+class D1Client:
+    """POSTs SQL to D1's /query and /raw endpoints with urllib.
+
+    Requests that cannot change anything twice (reads, CREATE ... IF NOT
+    EXISTS) are retried with backoff on timeouts, dropped connections, 429,
+    5xx and answers that are not D1's.  A write that may have reached D1 is
+    never resent here: it raises D1Unsure and the caller asks the tracking
+    table what happened.  `stopping()` ends waits between retries early.
+    """
+
+    def __init__(self, settings: D1Settings, log: Optional[Callable[[str], None]] = None):
+        self.api_base = settings.api_base.rstrip("/")
+        self.account_id = settings.account_id
+        self.database_id = settings.database_id
+        self._token = settings.token
+        self.timeout = settings.timeout
+        self.retries = settings.retries
+        self.log = log
+        self.backoff = 1.0  # seconds before the first retry; doubles each time
+        self.stopping: Callable[[], bool] = lambda: False
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+    def pause(self, seconds: float) -> None:
+        """Sleep, in short steps so that a stop request ends the wait."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    def _post_once(self, kind: str, body: dict) -> "tuple[int, object]":
+        """One POST: (HTTP status, parsed JSON or None).  Raises _Transient."""
+        import http.client
+        import json
+        import socket
+        import urllib.error
+        import urllib.request
+        url = (f"{self.api_base}/accounts/{self.account_id}/d1/database/"
+               f"{self.database_id}/{kind}")
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode("utf-8"), method="POST",
+            headers={"Authorization": f"Bearer {self._token}",
+                     "Content-Type": "application/json",
+                     "User-Agent": f"apply_migrations.py/{__version__}"})
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+            if status == 429 or status >= 500:
+                raise _Transient(f"HTTP {status} from D1", maybe_ran=status != 429,
+                                 delay=_retry_after(exc.headers))
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            never_sent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))
+            raise _Transient(f"cannot reach {self.api_base} ({reason})",
+                             maybe_ran=not never_sent) from None
+        except (socket.timeout, TimeoutError):
+            raise _Transient(f"no answer from D1 within {self.timeout:g} s"
+                             f" ({_opt('http_timeout')})", maybe_ran=True) from None
+        except (ConnectionError, http.client.HTTPException, OSError) as exc:
+            raise _Transient(f"connection to D1 failed ({exc})", maybe_ran=True) from None
+        if self.log:
+            self.log(f"POST .../{kind}: HTTP {status} in"
+                     f" {format_ms((time.perf_counter() - started) * 1000)}")
+        try:
+            return status, json.loads(raw.decode("utf-8"))
+        except ValueError:
+            return status, None
+
+    def request(self, kind: str, body: dict, idempotent: bool) -> list:
+        """POST with retries where safe; the `result` list of D1's envelope."""
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                status, payload = self._post_once(kind, body)
+                if status == 200 and not _is_envelope(payload):
+                    # Not D1's answer (a proxy's page, a truncated body):
+                    # whether a write ran is unknown.
+                    raise _Transient("HTTP 200 from D1 with a body that is not D1's answer",
+                                     maybe_ran=True)
+                break
+            except _Transient as transient:
+                if transient.maybe_ran and not idempotent:
+                    raise D1Unsure(self.redact(transient.reason)) from None
+                if attempt == self.retries or self.stopping():
+                    raise D1Error(self.redact(
+                        f"{transient.reason}; gave up after {attempt + 1}"
+                        f" attempt{'s' if attempt else ''}")) from None
+                self.pause(min(transient.delay if transient.delay is not None else delay, 60.0))
+                delay *= 2
+        if isinstance(payload, dict) and payload.get("success") is True:
+            return payload["result"] or []
+        errors = payload.get("errors") if isinstance(payload, dict) else None
+        if isinstance(errors, list) and errors and all(isinstance(e, dict) for e in errors):
+            code = errors[0].get("code")
+            message = "; ".join(f"{e.get('message')} [code {e.get('code')}]" for e in errors)
+        else:
+            message, code = f"HTTP {status} with no D1 answer in the body", None
+        if status in (401, 403) or code == 10000:
+            raise ConfigurationError(self.redact(
+                f"D1 refused the credentials ({message}): check {D1_TOKEN_VARIABLE}"
+                f" (a token with D1 edit permission) and {D1_ACCOUNT_VARIABLE}"))
+        if status == 404:
+            raise ConfigurationError(self.redact(
+                f"D1 database {self.database_id} not found in account {self.account_id}"
+                f" ({message}); check {D1_DATABASE_VARIABLE} and {D1_ACCOUNT_VARIABLE}"))
+        raise D1Error(self.redact(message), code=code, status=status)
+
+    def batch(self, statements: List[Entry], idempotent: bool = False) -> list:
+        """Run statements as one batch, one D1 transaction; per-statement results."""
+        return self.request("query", {"batch": [{"sql": sql, "params": params}
+                                                for sql, params in statements]},
+                            idempotent)
+
+    def rows(self, sql: str, params: tuple = ()) -> List[tuple]:
+        result = self.request("raw", {"sql": sql, "params": list(params)}, idempotent=True)
+        try:
+            return [tuple(row) for row in (result[-1]["results"].get("rows") or [])] \
+                if result else []
+        except (AttributeError, KeyError, TypeError, IndexError):
+            raise D1Error("D1 answered a read with rows in an unexpected shape") from None
+
+
+def _is_envelope(payload: object) -> bool:
+    """Whether a 200's body is D1's answer: success with a list of results."""
+    if not isinstance(payload, dict) or payload.get("success") is not True:
+        return False
+    result = payload.get("result")
+    return result is None or (isinstance(result, list)
+                              and all(isinstance(r, dict) for r in result))
+
+
+def _retry_after(headers) -> Optional[float]:
+    """Retry-After in seconds (D1 and Cloudflare send seconds)."""
+    value = (headers.get("Retry-After") if headers else None) or ""
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+def _d1_duration(results: list) -> float:
+    """The time D1 says the statements of results took, in ms."""
+    total = 0.0
+    for result in results:
+        meta = result.get("meta") if isinstance(result, dict) else None
+        try:
+            total += float((meta or {}).get("duration") or 0)
+        except (TypeError, ValueError):
+            pass
+    return total
+
+
+class D1Target(Target):
+    """A remote D1 database over the HTTP API.  Each step travels as one
+    batch (its statements, split by this tool, then its bookkeeping), which
+    D1 commits together or not at all.  D1 has no lock to take: two runs
+    racing for a migration both send it, and the second batch fails on the
+    tracking row's primary key and leaves nothing, so each migration is
+    still applied once."""
+
+    d1_rules = True
+
+    def __init__(self, client: D1Client):
+        self.client = client
+        self.name = f"D1 database {client.database_id}"
+        self._stop_signal: Optional[int] = None
+        client.stopping = lambda: self._stop_signal is not None
+
+    def open(self, mode: str) -> bool:
+        return True  # the database exists; the first request says if it cannot be reached
+
+    def query(self, sql: str, params: tuple = ()) -> List[tuple]:
+        self._check_stop(None)
+        return self.client.rows(sql, params)
+
+    def ensure(self, entries: List[Entry]) -> None:
+        # Only idempotent statements come here (CREATE ... IF NOT EXISTS,
+        # INSERT OR IGNORE), so they may be retried.
+        self._check_stop(None)
+        self.client.batch(entries, idempotent=True)
+
+    def run(self, step: Step) -> Optional[float]:
+        entries = self._entries(step) + step.record(0.0)
+        for attempt in range(self.client.retries + 1):
+            self._check_stop("not sent")
+            try:
+                result = self.client.batch(entries)
+            except D1Unsure as unsure:
+                # It may have run: D1 committed all of it or none, and the
+                # record says which.
+                self._check_stop("unknown")
+                if step.settled():
+                    return 0.0
+                if attempt == self.client.retries:
+                    raise MigrationFailed(step.name, step.path, f"{unsure}; it was not applied",
+                                          action=step.action) from None
+                self.client.pause(self.client.backoff * 2 ** attempt)
+                continue
+            except D1Error as exc:
+                if step.settled():
+                    return None  # the tracking row's key refused a second copy
+                raise self._locate(step, exc) from None
+            duration = _d1_duration(result[:len(step.statements)])
+            amend = step.amend(duration)
+            try:
+                if amend:
+                    self.client.batch(amend, idempotent=True)
+            except D1Error:
+                pass  # only the recorded duration is lost
+            return duration
+        raise AssertionError("unreachable")
+
+    def run_all(self, ensure: List[Entry], plan: Callable[[], List[Step]], commit: bool,
+                on_ran: Callable[[Step, float], None]) -> None:
+        steps = plan()
+        if not steps:
+            if commit:
+                self.ensure(ensure)
+            return
+        entries = list(ensure)
+        sizes = []
+        for step in steps:
+            own = self._entries(step) + step.record(0.0)
+            sizes.append(len(own))
+            entries += own
+        self._check_stop("not sent")
+        try:
+            if commit:
+                results = self.client.batch(entries)
+            else:
+                error = self._rolled_back_on_purpose(entries)
+                if error is not None:
+                    raise error
+                results = []
+        except D1Unsure as unsure:
+            self._check_stop("unknown")
+            if commit and steps[0].settled():
+                results = []  # D1 committed the batch; its answer was lost
+            else:
+                raise D1Error(f"{unsure}; D1 did not apply the run: nothing was applied,"
+                              " run apply again") from None
+        except D1Error as exc:
+            raise self._first_failure(ensure, steps, exc, on_ran) from None
+        offset = len(ensure)
+        for step, size in zip(steps, sizes):
+            on_ran(step, _d1_duration(results[offset:offset + len(step.statements)]))
+            offset += size
+
+    def request_stop(self, signum: int) -> None:
+        """Takes note: a request in flight is let finish (its outcome must be
+        known), and nothing more is sent."""
+        if self._stop_signal is None:
+            self._stop_signal = signum
+
+    def close(self) -> None:
+        pass  # every request has its own connection, closed when answered
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _check_stop(self, state: Optional[str]) -> None:
+        if self._stop_signal is not None:
+            raise _Stop(self._stop_signal, state)
+
+    @staticmethod
+    def _entries(step: Step) -> List[Entry]:
+        return [(d1_sql(statement), []) for _, statement in step.statements]
+
+    def _rolled_back_on_purpose(self, entries: List[Entry]) -> Optional[D1Error]:
+        """Run entries plus the sentinel: None if all of them succeed (and
+        the sentinel rolls them back), else the error of the first that fails."""
+        try:
+            self.client.batch(entries + [(SQL_SENTINEL, [])], idempotent=True)
+        except D1Error as exc:
+            return None if D1_SENTINEL_TABLE in str(exc) else exc
+        raise MigrationError("D1 committed a batch that was meant to fail; stopping")
+
+    def _locate(self, step: Step, error: D1Error, before: List[Entry] = ()) -> MigrationFailed:
+        """D1 names no statement when a batch fails: find it by bisection,
+        with batches that are always rolled back (each replaying `before`,
+        the entries that ran ahead of this step in the same batch)."""
+        before = list(before)
+        entries = self._entries(step)
+        if self._stop_signal is not None:  # no more requests: say what is known
+            return MigrationFailed(step.name, step.path, str(error), action=step.action)
+        if self._rolled_back_on_purpose(before + entries) is None:
+            return MigrationFailed(step.name, step.path,
+                                   f"{error} (recording it in {TRACKING_TABLE} failed)",
+                                   action=step.action)
+        good, bad = 0, len(entries)
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            if self._rolled_back_on_purpose(before + entries[:middle]) is None:
+                good = middle
+            else:
+                bad = middle
+        number, statement = step.statements[bad - 1]
+        return MigrationFailed(step.name, step.path, str(error), number,
+                               statement.line, statement.sql, action=step.action)
+
+    def _first_failure(self, ensure: List[Entry], steps: List[Step], error: D1Error,
+                       on_ran: Callable[[Step, float], None]) -> MigrationFailed:
+        """Which step of a one-batch run failed: growing prefixes of whole
+        steps are tried, and rolled back, until one fails."""
+        entries = list(ensure)
+        for step in steps:
+            before = list(entries)
+            entries += self._entries(step) + step.record(0.0)
+            failed = self._rolled_back_on_purpose(entries)
+            if failed is not None:
+                return self._locate(step, failed, before=before)
+            on_ran(step, 0.0)
+        last = steps[-1]
+        return MigrationFailed(last.name, last.path, str(error), action=last.action)
+
+
+# ==========================================================================
+# 12. The engine: plans, prepares and runs migrations and rollbacks through a
+#     Target, written once for every target, and reports each outcome at
+#     one point (_report).
+# ==========================================================================
+
+
+class MigrationStatus(NamedTuple):
+    """One migration as status shows it."""
+
+    version: str
+    name: str
+    path: Optional[str]  # None when the file is gone
+    state: str  # "applied", "pending", "modified" or "missing"
+    checksum: str  # the file's, or the recorded one when the file is gone
+    applied_at: Optional[str]  # None unless applied
+    duration_ms: Optional[float]
+
+
+_FOREIGN_KEYS_PRAGMA = re.compile(
+    rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?foreign_keys\b")
+_STOP_RESULTS = {"rolled back": INTERRUPTED, "unknown": UNKNOWN, "not sent": NOT_SENT}
+
+
+def _leading_foreign_keys(statements: List[Tuple[int, Statement]]) -> int:
+    """How many statements at the start of a file are PRAGMA foreign_keys."""
+    count = 0
+    while (count < len(statements) and statements[count][1].keyword == "PRAGMA"
+           and _FOREIGN_KEYS_PRAGMA.match(_without_comments(statements[count][1].sql))):
+        count += 1
+    return count
+
+
+class Migrator:
+    """Applies, inspects and rolls back the migrations of one folder on one
+    database: a file path (local SQLite) or a Target (D1Target for remote D1).
+
+    Every migration runs in one transaction together with its tracking row:
+    if any statement fails, its changes are rolled back, no record is
+    written and the migration stays pending.  Reads (status) never write,
+    and never create the database file or the tracking table.
+
+    apply() and rollback() return a RunReport; on failure they raise a
+    MigrationError whose `.report` says what the run did first.  Each
+    migration's Outcome also goes to ``on_outcome`` as it becomes known.
+    Use it as a context manager, or call close().
+    """
+
+    def __init__(self, database: Union[str, "os.PathLike[str]", Target],
+                 migrations_dir: Union[str, "os.PathLike[str]"] = DEFAULT_MIGRATIONS_DIR, *,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT, foreign_keys: bool = False,
+                 wrangler_table: Optional[str] = None,
+                 log: Optional[Callable[[str], None]] = None,
+                 on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
+                 on_outcome: Optional[Callable[[Outcome], None]] = None,
+                 on_backup: Optional[Callable[[str], None]] = None):
+        if isinstance(database, Target):
+            self.target = database
+        else:
+            self.target = SQLiteTarget(os.fspath(database), lock_timeout=lock_timeout,
+                                       foreign_keys=foreign_keys, log=log,
+                                       on_slow_statement=on_slow_statement)
+        self.migrations_dir = os.fspath(migrations_dir)
+        self.book = Bookkeeping(wrangler_table)
+        self.on_outcome = on_outcome
+        self.on_backup = on_backup  # told the backup's path once it is made
+        self._scan: Optional[FolderScan] = None
+        self._stop_signal: Optional[int] = None
+
+    @classmethod
+    def from_options(cls, options: Options, *, log: Optional[Callable[[str], None]] = None,
+                     on_slow_statement=None, on_outcome=None, on_backup=None) -> "Migrator":
+        if options.remote is not None:
+            target: Target = D1Target(D1Client(options.remote, log=log))
+        else:
+            target = SQLiteTarget(options.db_path, lock_timeout=options.lock_timeout,
+                                  foreign_keys=options.foreign_keys, log=log,
+                                  on_slow_statement=on_slow_statement)
+        return cls(target, options.migrations_dir, wrangler_table=options.wrangler_table,
+                   on_outcome=on_outcome, on_backup=on_backup)
+
+    @property
+    def database(self) -> str:
+        """How messages name the database (a path, or "D1 database <id>")."""
+        return self.target.name
+
+    def close(self) -> None:
+        self.target.close()
+
+    def __enter__(self) -> "Migrator":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def request_stop(self, signum: int) -> None:
+        """Stop at the next safe point (a signal handler may call this): the
+        migration in progress is rolled back, one that committed stays, and
+        the run raises Interrupted."""
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        self.target.request_stop(signum)
+
+    # -- the folder and the record --------------------------------------------
+
+    def scan(self, nothing_done: str = "") -> FolderScan:
+        """The migrations folder, scanned once; MigrationFileError when it
+        holds something that makes its meaning unclear."""
+        if self._scan is None:
+            scan = scan_folder(self.migrations_dir)
+            blocking = scan.blocking()
+            if blocking:
+                first = blocking[0]
+                more = f" (and {_plural(len(blocking) - 1, 'more problem')})" \
+                    if len(blocking) > 1 else ""
+                raise MigrationFileError(
+                    f"{first.path}: {first.message}{more}."
+                    + (f" {nothing_done}" if nothing_done else ""))
+            self._scan = scan
+        return self._scan
 
     def migrations(self) -> List[Migration]:
-        if self._migrations is None:
-            self._migrations, warnings = discover(self.migrations_dir)
-            self.warnings.extend(warnings)
-        return self._migrations
+        return self.scan().migrations
 
-    def _read_applied(self) -> Optional[Applied]:
-        """The tracking rows by version; None when there is no tracking table.
+    @property
+    def warnings(self) -> List[str]:
+        """What the scan ignored, worded for a user."""
+        return [f"Ignoring {f.path}: the name does not match NNNN_description.sql"
+                for f in self.scan().findings if f.code == "bad-name"]
 
-        In wrangler mode, migrations recorded only by wrangler count as
-        applied too, with an empty checksum (wrangler keeps none).
-        """
-        applied = self._read_own_rows()
-        if self._wrangler is None:
-            return applied
-        wrangler_rows = self._read_wrangler_rows()
-        if wrangler_rows is None:
-            return applied
-        applied = applied if applied is not None else {}
-        for name, applied_at in wrangler_rows.items():
-            match = MIGRATION_FILENAME.match(name)
-            if match and int(match.group(1)) not in applied:
-                applied[int(match.group(1))] = AppliedRow(
-                    match.group(1), name[:-4], "",
-                    str(applied_at).replace(" ", "T") + "Z", 0.0)
-        return applied
+    def _read(self) -> Record:
+        return self.book.read(self.target.query, self.target.name)
 
-    def _read_wrangler_rows(self) -> Optional[Dict[str, str]]:
-        """wrangler's tracking rows, name -> applied_at; None if no table."""
-        if not self._fetch(SQL_TABLE_COLUMNS, (self.wrangler_table,)):
-            return None
-        try:
-            return dict(self._fetch(SQL_SELECT_WRANGLER.format(table=self._wrangler)))
-        except (sqlite3.Error, MigrationError) as exc:
-            raise TrackingTableError(
-                f"Table {self.wrangler_table} in {self.db_path} is not wrangler's"
-                f" migrations table ({exc}); nothing was changed") from None
-
-    def _fetch(self, sql: str, params: tuple = ()) -> List[tuple]:
-        """Rows of one read query: the primitive a remote target replaces."""
-        return self._conn.execute(sql, params).fetchall()  # type: ignore[union-attr]
-
-    def _read_own_rows(self) -> Optional[Applied]:
-        columns = tuple(row[0] for row in self._fetch(SQL_TABLE_COLUMNS, (TRACKING_TABLE,)))
-        if not columns:
-            return None
-        if columns != TRACKING_COLUMNS:
-            raise TrackingTableError(
-                f"Table {TRACKING_TABLE} in {self.db_path} has the columns"
-                f" ({', '.join(columns)}), not ({', '.join(TRACKING_COLUMNS)});"
-                " another tool or a hand edit made it (dbmate and golang-migrate use"
-                " the same name). Nothing was changed; migrate this database with"
-                " the tool that owns the table, or rename the table."
-            )
-        applied: Applied = {}
-        for raw in self._fetch(SQL_SELECT_APPLIED.format(table=self.table)):
-            row = AppliedRow(*raw)
-            if not isinstance(row.version, str) or not VERSION_TEXT.match(row.version) \
-                    or None in raw:
-                raise TrackingTableError(
-                    f"Table {TRACKING_TABLE} in {self.db_path} has an invalid row"
-                    f" {tuple(raw)!r}: version must be digits and no column may be"
-                    " empty. Nothing was changed; fix or delete that row by hand."
-                )
-            twin = applied.get(int(row.version))
-            if twin is not None:
-                raise TrackingTableError(
-                    f"Table {TRACKING_TABLE} in {self.db_path} records version"
-                    f" {int(row.version)} twice ({twin.name}, {row.name}); nothing was"
-                    " changed. Delete the wrong row by hand."
-                )
-            applied[int(row.version)] = row
-        return applied
-
-    def _refresh_applied(self) -> bool:
-        """Inside the write lock: re-read the tracking rows if another
-        connection has committed since they were last read (PRAGMA
-        data_version changes then); True if it had."""
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]  # type: ignore[union-attr]
-        if version == self._data_version:
-            return False
-        self._data_version = version
-        self._applied = self._read_applied() or {}
-        return True
-
-    def status(self) -> List[MigrationStatus]:
-        """Every migration's state, files and records merged, by number.
+    def status(self, migrations: Optional[List[Migration]] = None) -> List[MigrationStatus]:
+        """Every migration's state, files and records merged, by number (of
+        `migrations`, default: the folder's).
 
         Read-only: a missing database stays missing, and no table is created.
         """
-        migrations = self.migrations()
-        applied: Applied = {}
-        if self._connect(readonly=True) is not None:
-            applied = self._read_applied() or {}
+        if migrations is None:
+            migrations = self.migrations()
+        applied: Dict[int, AppliedRow] = {}
+        if self.target.open("read"):
+            applied = dict(self._read().applied)
         result = []
         for m in migrations:
             row = applied.pop(m.number, None)
@@ -1364,47 +2577,29 @@ class Migrator:
         result.sort(key=lambda s: (int(s.version), s.name))
         return result
 
-    def exists(self) -> bool:
-        """Whether the database is there (status says when it is not)."""
-        return os.path.exists(self.db_path)
-
-    @staticmethod
-    def find(version: str, candidates):
-        """The item of candidates (each with .version and .name) that version
-        names: "0001", "1", "0001_initial_schema" or "0001_initial_schema.sql"."""
-        wanted = os.path.basename(version[:-4] if version.endswith(".sql") else version)
-        for item in candidates:
-            if wanted == item.name or wanted == item.version:
-                return item
-        if VERSION_TEXT.match(wanted):
-            for item in candidates:
-                if int(item.version) == int(wanted):
-                    return item
-        return None
-
-    def plan(self, applied: Applied, target: Optional[str] = None,
-             allow_out_of_order: bool = False) -> List[Migration]:
+    def plan(self, applied: Dict[int, AppliedRow], target: Optional[str] = None,
+             allow_out_of_order: bool = False, done: str = "nothing was applied"
+             ) -> List[Migration]:
         """The migrations to apply, in order, after the checks that must pass
         before any of them runs: nothing applied was modified, nothing pending
-        is numbered below what is applied, the target exists."""
+        is numbered below what is applied, the target exists.  `done` says,
+        in a refusal, what the run has applied so far."""
         migrations = self.migrations()
         modified = [m for m in migrations if m.number in applied
                     and applied[m.number].checksum not in ("", m.checksum)]
         if modified:
             raise MigrationFileError(
                 "Applied migrations were modified since they were applied:"
-                f" {', '.join(m.name for m in modified)}. Nothing was applied. Restore"
+                f" {', '.join(m.name for m in modified)}. {done.capitalize()}. Restore"
                 " each file as it was applied (git checkout -- <file>) and put the"
-                " change in a new migration; `status` lists them as modified."
-            )
+                " change in a new migration; `status` lists them as modified.")
         pending = [m for m in migrations if m.number not in applied]
         if target is not None:
-            chosen = self.find(target, migrations)
+            chosen = find_migration(target, migrations)
             if chosen is None:
                 raise ConfigurationError(
-                    f"--target {target}: no migration in {self.migrations_dir} has"
-                    " that version or name"
-                )
+                    f"{_opt('target')} {target}: no migration in {self.migrations_dir} has"
+                    " that version or name")
             pending = [m for m in pending if m.number <= chosen.number]
         if pending and applied and not allow_out_of_order:
             highest = max(applied.values(), key=lambda row: int(row.version))
@@ -1412,376 +2607,232 @@ class Migrator:
             if early:
                 raise MigrationFileError(
                     f"Migration {early[0].name} is pending but {highest.name}, which has"
-                    " a higher number, is already applied; nothing was applied. Renumber"
-                    " the new migration above it, or apply it anyway with"
-                    " --allow-out-of-order."
-                )
+                    f" a higher number, is already applied; {done}. Renumber the new"
+                    f" migration above it, or apply it anyway with {_opt('allow_out_of_order')}.")
         return pending
 
-    # -- writing -------------------------------------------------------------
+    # -- init and apply ----------------------------------------------------------
 
-    def init(self) -> bool:
-        """Create the database and the tracking table; False if it was there."""
-        self._connect()
-        with self.transaction(immediate=True):
-            existed = self._read_own_rows() is not None
-            self._ensure_tracking_table()
-        return not existed
+    def init(self) -> RunReport:
+        """Create the database and the tracking table (and wrangler's);
+        report.created says whether the table is new."""
+        report = self._new_report("init")
+        self.target.open("create")
+        record = self._read()
+        entries, report.synced = self.book.ensure(record)
+        if entries:
+            self.target.ensure(entries)
+        report.created = record.own is None
+        return report
 
-    def _ensure_tracking_table(self) -> Applied:
-        """Create the tracking table(s) if missing; return the applied rows.
-
-        In wrangler mode, migrations this tool applied before wrangler's table
-        was kept are recorded there too, so wrangler does not run them again.
-        """
-        if self._read_own_rows() is None:
-            self._execute_admin(SQL_CREATE_TRACKING.format(table=self.table))
-        if self._wrangler is not None:
-            self._execute_admin(SQL_CREATE_WRANGLER.format(table=self._wrangler))
-            known = self._read_wrangler_rows() or {}
-            for row in (self._read_own_rows() or {}).values():
-                if row.checksum and row.name + ".sql" not in known:
-                    self._execute_admin(SQL_RECORD_WRANGLER.format(table=self._wrangler),
-                                        (row.name + ".sql",))
-                    self.synced.append(row.name)
-        return self._read_applied() or {}
-
-    def backup(self, path: Optional[str] = None) -> str:
-        """Copy the database with SQLite's online backup API; return the copy's path."""
-        if path is None:
-            stem, ext = os.path.splitext(self.db_path)
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            path = f"{stem}-backup-{stamp}{ext or '.db'}"
-            serial = 1
-            while os.path.exists(path):  # two runs within one second
-                serial += 1
-                path = f"{stem}-backup-{stamp}-{serial}{ext or '.db'}"
-        if os.path.exists(path):
-            raise MigrationError(
-                f"Backup file {path} already exists; nothing was applied. Move it away"
-                " or name another with --backup PATH"
-            )
-        try:
-            copy = sqlite3.connect(path)
-            try:
-                self._conn.backup(copy)  # type: ignore[union-attr]
-            finally:
-                copy.close()
-        except (sqlite3.Error, OSError) as exc:
-            if os.path.exists(path):
-                os.remove(path)
-            raise MigrationError(
-                f"Backup of {self.db_path} to {path} failed ({exc}); nothing was applied"
-            ) from None
-        return path
-
-    def apply(
-        self,
-        target: Optional[str] = None,
-        allow_out_of_order: bool = False,
-        single_transaction: bool = False,
-        dry_run: bool = False,
-        backup: bool = False,
-        backup_path: Optional[str] = None,
-        on_applied: Optional[Callable[[int, int, Migration, float], None]] = None,
-        on_backup: Optional[Callable[[str], None]] = None,
-    ) -> ApplyResult:
-        """Apply the pending migrations in order.
+    def apply(self, target: Optional[str] = None, *, allow_out_of_order: bool = False,
+              single_transaction: bool = False, dry_run: bool = False,
+              backup: Union[None, bool, str] = None) -> RunReport:
+        """Apply the pending migrations in order (up to `target`).
 
         Each one commits together with its tracking row.  On a failure the run
         stops: earlier migrations stay applied, the failing one leaves nothing
-        and later ones are not tried.  With single_transaction the whole run is
-        one transaction, and a failure leaves the database as it was.  A
-        dry_run does the same and always rolls back.  With backup, the database
-        is copied first (only when something is pending).
+        and later ones are not tried.  With single_transaction the whole run
+        is one transaction, and a failure leaves the database as it was.  A
+        dry_run does the same and always rolls back.  With backup (True, or a
+        path) a local database is copied first, when something is pending.
         """
-        self.migrations()
-        self._connect(memory=dry_run and not os.path.exists(self.db_path))
-        self._refuse_old_orphans("applied")
-        done: List[Migration] = []
-        current: Optional[Migration] = None
-        whole_run = single_transaction or dry_run
-        copied: Optional[str] = None
-
-        def report(duration: float, total: int) -> None:
-            done.append(current)  # type: ignore[arg-type]
-            if on_applied:
-                on_applied(len(done), total, current, duration)  # type: ignore[arg-type]
-
+        report = self._new_report("apply", dry_run, single_transaction)
+        report.target = target
+        whole = single_transaction or dry_run
         try:
-            if whole_run:
-                # The backup API cannot copy from a connection inside a write
-                # transaction (it reports SQLITE_LOCKED for ever), so the copy
-                # comes first, when a plain read shows there is work to do.
-                if backup and self.plan(self._read_applied() or {}, target,
-                                        allow_out_of_order):
-                    copied = self.backup(backup_path)
-                    if on_backup:
-                        on_backup(copied)
-                with self.transaction(immediate=True, commit=not dry_run):
-                    pending = self.plan(self._ensure_tracking_table(), target,
-                                        allow_out_of_order)
-                    prepared = [(m, self._prepare(m)) for m in pending]
-                    if not self.foreign_keys:
-                        self._refuse_leading_foreign_keys(prepared, dry_run)
-                    for current, statements in prepared:
-                        report(self._run(current, statements), len(prepared))
-                    current = None
-                    self.check_stop()
-                return ApplyResult(done, copied)
-
-            with self.transaction(immediate=True):
-                self._applied = self._ensure_tracking_table()
-                pending = self.plan(self._applied, target, allow_out_of_order)
-                self._data_version = self._conn.execute(  # type: ignore[union-attr]
-                    "PRAGMA data_version").fetchone()[0]
-            # Check every pending file before running any: a bad file
-            # further down must not leave the run half done.
-            try:
-                prepared = [(m, self._prepare(m)) for m in pending]
-            except MigrationFailed as exc:
-                exc.note = "nothing was applied: every pending file is checked before any runs"
-                raise
-            if prepared and backup:
-                copied = self.backup(backup_path)
-                if on_backup:
-                    on_backup(copied)
-            for current, statements in prepared:
-                self.check_stop()
-                duration = self._apply_one(current, statements, target, allow_out_of_order)
-                if duration is not None:
-                    report(duration, len(prepared))
-                current = None  # committed: a signal from here on stops before the next
-            self.check_stop()
-            return ApplyResult(done, copied)
-        except Interrupted as exc:
-            exc.current = current.name if current else None
-            exc.applied = 0 if whole_run else len(done)
-            exc.whole_run = whole_run
+            scan = self.scan("Nothing was applied.")
+            report.migrations = len(scan.migrations)
+            report.warnings = self.warnings
+            report.ignored = len(report.warnings)
+            if backup is not None and not hasattr(self.target, "backup"):
+                raise ConfigurationError(
+                    f"{_opt('backup')} copies a local database file; {self.target.name}"
+                    " has none (a remote D1 database is restored with Time Travel)")
+            self.target.open("dry-run" if dry_run else "create")
+            if whole:
+                self._apply_whole(report, target, allow_out_of_order, backup)
+            else:
+                self._apply_each(report, target, allow_out_of_order, backup)
+            self._check_stop()
+        except _Stop as stop:
+            current = [o.name for o in report.having(INTERRUPTED, UNKNOWN, NOT_SENT)]
+            error = Interrupted(stop.signum, 0 if whole else len(report.having(APPLIED)),
+                                current[-1] if current else None, stop.state, whole)
+            self._fail(report, error)
+            raise error from None
+        except MigrationError as exc:
+            self._fail(report, exc)
             raise
-        except CommitFailed as exc:
-            raise CommitFailed(
-                f"Failed to commit the run to {self.db_path}: {exc}; rolled back the whole"
-                " run (--single-transaction): nothing was applied") from exc
+        report.elapsed_ms = (time.perf_counter() - report.started) * 1000
+        return report
+
+    def _apply_each(self, report: RunReport, target: Optional[str], allow_out_of_order: bool,
+                    backup: Union[None, bool, str]) -> None:
+        record = self._read()
+        entries, report.synced = self.book.ensure(record)
+        if entries:
+            self.target.ensure(entries)
+            record = self._read()  # what is read after a write is what counts
+        pending = self.plan(record.applied, target, allow_out_of_order)
+        self._count_beyond(report, record.applied, target)
+        # Check every pending file before running any: a bad file further
+        # down must not leave the run half done.
+        try:
+            steps = [self._apply_step(m, report, target, allow_out_of_order) for m in pending]
         except MigrationFailed as exc:
-            if whole_run:
-                exc.note = (
-                    "dry run: nothing was changed" if dry_run else
-                    "rolled back the whole run (--single-transaction): nothing was applied"
-                )
-            raise
+            raise exc.with_note(
+                "nothing was applied: every pending file is checked before any runs") from None
+        if steps and backup is not None:
+            report.backup = self._backup(backup)
+        report.planned = len(steps)
+        for index, step in enumerate(steps, 1):
+            self._check_stop()
+            self._run(report, step, index, APPLIED)
 
-    def _apply_one(self, migration: Migration, statements: Prepared,
-                   target: Optional[str], allow_out_of_order: bool) -> Optional[float]:
-        """One migration in its own transaction; None if another process
-        applied it meanwhile."""
+    def _apply_whole(self, report: RunReport, target: Optional[str], allow_out_of_order: bool,
+                     backup: Union[None, bool, str]) -> None:
+        """The whole run in one transaction: committed (single_transaction)
+        or always rolled back (dry_run)."""
+        commit = not report.dry_run
+        if backup is not None and self.plan(self._read().applied, target, allow_out_of_order):
+            # The backup API cannot copy inside a write transaction: first.
+            report.backup = self._backup(backup)
+        record = self._read()
+        entries, synced = self.book.ensure(record)
+        steps: List[Step] = []
+        ran: List[Tuple[Step, float]] = []
+
+        def plan() -> List[Step]:  # under the target's lock
+            applied = self._read().applied
+            pending = self.plan(applied, target, allow_out_of_order)
+            self._count_beyond(report, applied, target)
+            steps.extend(self._apply_step(m, report, target, allow_out_of_order)
+                         for m in pending)
+            report.planned = len(steps)
+            return steps
+
+        ran_result = APPLIED if commit else WOULD_APPLY
         try:
-            with self._leading_pragmas_first(migration, statements) as hoisted, \
-                    self.transaction(immediate=True):
-                changed = self._refresh_applied()
-                # Another process may have migrated meanwhile: follow what it did.
-                if migration.number in self._applied:
-                    return None
-                if changed:
-                    self.plan(self._applied, target, allow_out_of_order)
-                duration = self._run(migration, statements, skip=hoisted)
-            return duration
-        except CommitFailed as exc:
-            raise MigrationFailed(migration.name, migration.path,
-                                  f"{exc}; it was rolled back") from exc
+            self.target.run_all(entries, plan, commit, lambda step, ms: ran.append((step, ms)))
+        except BaseException as exc:
+            for index, (step, ms) in enumerate(ran, 1):
+                self._report(report, step, index, WOULD_APPLY if not commit else UNDONE, ms)
+            current = steps[len(ran)] if len(ran) < len(steps) else None
+            if isinstance(exc, _Stop):
+                if current is not None and exc.state in _STOP_RESULTS:
+                    self._report(report, current, len(ran) + 1, _STOP_RESULTS[exc.state], None)
+                raise
+            if not isinstance(exc, MigrationError):
+                raise
+            if isinstance(exc, MigrationFailed):
+                exc = exc.with_note(
+                    "dry run: nothing was changed" if not commit else
+                    f"rolled back the whole run ({_opt('single_transaction')}):"
+                    " nothing was applied")
+            if current is not None:
+                self._report(report, current, len(ran) + 1, FAILED, None, exc)
+            raise exc from None
+        report.synced = synced if commit else []
+        for index, (step, ms) in enumerate(ran, 1):
+            self._report(report, step, index, ran_result, ms)
 
-    @contextmanager
-    def _leading_pragmas_first(self, migration: Optional[Migration], statements: Prepared,
-                               action: str = "apply") -> Iterator[int]:
-        """Run a file's leading PRAGMA foreign_keys before its transaction;
-        yield how many statements that was, and restore the setting after.
+    def _apply_step(self, migration: Migration, report: RunReport, target: Optional[str],
+                    allow_out_of_order: bool) -> Step:
+        statements = self._prepare(migration, "apply")
 
-        PRAGMA foreign_keys is a no-op inside a transaction, so a file that
-        starts with it (the table-rebuild recipe) gets it before BEGIN, as
-        SQLite documents.  D1 ignores it; so does --foreign-keys.
-        """
-        hoisted = 0 if self.foreign_keys else _leading_foreign_keys_pragmas(statements)
-        try:
-            if hoisted:
-                self._execute_statements(migration, statements[:hoisted],  # type: ignore[arg-type]
-                                         action=action)
-            yield hoisted
-        finally:
-            if hoisted:
-                self._conn.execute(  # type: ignore[union-attr]
-                    f"PRAGMA foreign_keys = {self._foreign_keys_default}")
+        def settled() -> bool:
+            applied = self._read().applied
+            if migration.number in applied:
+                return True
+            self.plan(applied, target, allow_out_of_order,
+                      done=f"{_plural(len(report.having(APPLIED)), 'migration')}"
+                           " applied in this run before it")
+            return False
 
-    @staticmethod
-    def _refuse_leading_foreign_keys(prepared: List["tuple[Migration, Prepared]"],
-                                     dry_run: bool) -> None:
-        """One transaction for the whole run cannot honour a file's leading
-        PRAGMA foreign_keys (SQLite ignores it inside a transaction), so it
-        would not do what a normal apply does: say so instead."""
-        for migration, statements in prepared:
-            if _leading_foreign_keys_pragmas(statements):
-                number, statement = statements[0]
-                option = "--dry-run" if dry_run else "--single-transaction"
-                raise MigrationFailed(
-                    migration.name, migration.path,
-                    f"it starts with PRAGMA foreign_keys, which SQLite honours only"
-                    f" outside a transaction, so {option} cannot run it as apply does;"
-                    f" apply without {option}", number, statement.line, statement.sql)
+        return Step("apply", migration.version, migration.name, migration.path, statements,
+                    _leading_foreign_keys(statements),
+                    lambda ms: self.book.record(migration, ms),
+                    lambda ms: [self.book.set_duration(migration.version, ms)], settled)
 
-    def _prepare(self, migration: Migration) -> Prepared:
-        """Split a file and refuse transaction control inside it.
-
-        A file wrapped whole in BEGIN ... COMMIT keeps its meaning: the two
-        are dropped and the rest runs in the tool's own transaction.
-        """
-        statements = migration.statements()
+    def _prepare(self, migration: Migration, action: str) -> List[Tuple[int, Statement]]:
+        """Split a file and refuse transaction control inside it (and, for a
+        D1 target, what D1 would reject).  A file wrapped whole in BEGIN ...
+        COMMIT keeps its meaning: the two are dropped and the rest runs in
+        the tool's own transaction."""
+        statements = migration.statements(action)
         numbered = list(enumerate(statements, 1))
         if (len(statements) >= 2 and statements[0].keyword == "BEGIN"
                 and statements[-1].keyword in ("COMMIT", "END")):
             numbered = numbered[1:-1]
+        nothing = "nothing was applied" if action == "apply" else "nothing was rolled back"
         for number, statement in numbered:
             if statement.keyword in TRANSACTION_KEYWORDS:
                 raise MigrationFailed(
                     migration.name, migration.path,
                     f"{statement.keyword} is not allowed inside a migration: each file"
                     " already runs in its own transaction (a BEGIN ... COMMIT around the"
-                    " whole file is accepted); nothing was applied",
-                    number, statement.line, statement.sql,
-                )
+                    f" whole file is accepted); {nothing}",
+                    number, statement.line, statement.sql, action=action)
+        if self.target.d1_rules:
+            rules = [rule for rule in D1_RULES if rule.blocks_remote]
+            for finding in check_statements(migration.path, [s for _, s in numbered], rules):
+                number, statement = next((n, s) for n, s in numbered if s.line == finding.line)
+                raise MigrationFailed(
+                    migration.name, migration.path,
+                    f"D1 would reject it: {finding.message}; nothing was sent",
+                    number, finding.line, action=action)
         return numbered
 
-    def _execute_statements(self, migration: Migration, statements: Prepared,
-                            action: str = "apply") -> None:
-        # One cursor for all: Connection.execute would make one per statement.
-        execute = self._conn.cursor().execute  # type: ignore[union-attr]
-        instrumented = self.log is not None or self.on_slow_statement is not None
-        number, statement = 0, None
-        try:
-            # Every statement runs to its last row, as executescript and D1
-            # run it: a SELECT can fail on a later row (malformed JSON).
-            if not instrumented:
-                for number, statement in statements:
-                    for _ in execute(statement.sql):
-                        pass
-                    if self._stop_signal is not None:
-                        raise Interrupted(self._stop_signal)
-                return
-            for number, statement in statements:
-                self.check_stop()
-                started = time.perf_counter()
-                if self.on_slow_statement is not None:
-                    self._running = (migration.name, number, statement.line, started)
-                    self._next_tick = started + SLOW_STATEMENT_SECONDS
-                for _ in execute(statement.sql):
-                    pass
-                self._running = None
-                self.check_stop()
-                if self.log is not None:
-                    self.log(_describe_statement(migration.name, number, statement,
-                                                 time.perf_counter() - started))
-        except (sqlite3.Error, sqlite3.Warning, ValueError) as exc:
-            self._running = None
-            if self._stop_signal is not None:
-                raise Interrupted(self._stop_signal) from None
-            described = _describe_sqlite_error(exc, self.db_path)
-            reason = str(described) if isinstance(described, DatabaseWriteError) else str(exc)
-            raise MigrationFailed(
-                migration.name, migration.path, reason, number,
-                statement.line, statement.sql, action=action,  # type: ignore[union-attr]
-            ) from exc
+    def _count_beyond(self, report: RunReport, applied: Dict[int, AppliedRow],
+                      target: Optional[str]) -> None:
+        if target is not None:
+            chosen = find_migration(target, self.migrations())
+            report.beyond_target = sum(1 for m in self.migrations() if m.number not in applied
+                                       and chosen is not None and m.number > chosen.number)
 
-    def _run(self, migration: Migration, statements: Prepared, skip: int = 0) -> float:
-        """Execute a migration's statements and write its tracking row inside
-        the caller's transaction.  Returns the duration in milliseconds."""
-        started = time.perf_counter()
-        self._execute_statements(migration, statements[skip:] if skip else statements)
-        if self.foreign_keys:
-            self._check_foreign_keys(migration)
-        duration_ms = (time.perf_counter() - started) * 1000.0
-        self._execute_admin(
-            self._sql_insert,
-            (migration.version, migration.name, migration.checksum, utc_now(),
-             round(duration_ms, 3)),
-        )
-        if self._wrangler is not None:
-            self._execute_admin(self._sql_insert_wrangler,
-                                (migration.filename,))
-        return duration_ms
+    def _backup(self, backup: Union[bool, str]) -> str:
+        path = self.target.backup(None if backup is True else backup)  # type: ignore[attr-defined]
+        if self.on_backup is not None:
+            self.on_backup(path)
+        return path
 
-    def _foreign_key_violations(self) -> Optional[str]:
-        """PRAGMA foreign_key_check, as text for a message; None if clean."""
+    # -- rollback ----------------------------------------------------------------
+
+    def rollback(self, version: Optional[str] = None, *, force: bool = False) -> RunReport:
+        """Undo one applied migration (default: the latest): run its down
+        script, if there is one, and delete its tracking row, in one
+        transaction.  report.outcomes[0].path is the down script (None: the
+        record alone was removed and the schema is unchanged)."""
+        report = self._new_report("rollback")
+        row: Optional[AppliedRow] = None
         try:
-            broken = self._execute_admin("PRAGMA foreign_key_check").fetchall()
-        except sqlite3.Error:
-            # The progress handler aborts a long check on Ctrl-C.
-            self.check_stop()
+            # A mistyped migrations folder would find no down script and
+            # remove the record alone, leaving the schema as it is.
+            self.scan("Nothing was rolled back.")
+            if not self.target.open("change"):
+                raise MigrationError(
+                    f"Migration {version} not found in applied migrations" if version else
+                    f"Nothing to roll back: database {self.target.name} does not exist")
+            record = self._read()
+            row = self._choose_rollback(record.applied, version, force)
+            step = self._rollback_step(row, record, version, force)
+            report.planned = 1
+            report.statements = len(step.statements)
+            self._check_stop()
+            self._run(report, step, 1, ROLLED_BACK)
+        except _Stop as stop:
+            error = Interrupted(stop.signum, 0, row.name if row else None, stop.state,
+                                action="rollback")
+            self._fail(report, error)
+            raise error from None
+        except MigrationError as exc:
+            self._fail(report, exc)
             raise
-        if not broken:
-            return None
-        shown = ", ".join(f"{table} rowid {rowid} -> {parent}"
-                          for table, rowid, parent, _ in broken[:5])
-        return shown + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        report.elapsed_ms = (time.perf_counter() - report.started) * 1000
+        return report
 
-    def _refuse_old_orphans(self, done: str) -> None:
-        """With --foreign-keys the check runs after each file, so it must
-        hold before the first: otherwise old orphans would be blamed on it."""
-        broken = self._foreign_key_violations() if self.foreign_keys else None
-        if broken:
-            raise MigrationError(
-                f"Database {self.db_path} already has rows whose foreign keys point"
-                f" nowhere ({broken}); --foreign-keys checks after each migration,"
-                f" so fix these rows first. Nothing was {done}.")
-
-    def _check_foreign_keys(self, migration: Migration, action: str = "apply") -> None:
-        broken = self._foreign_key_violations()
-        if broken:
-            raise MigrationFailed(
-                migration.name, migration.path,
-                f"it leaves rows whose foreign keys point nowhere: {broken}"
-                " (PRAGMA foreign_key_check; D1 enforces foreign keys)", action=action,
-            )
-
-    def rollback(self, version: Optional[str] = None, force: bool = False) -> RollbackResult:
-        """Undo one applied migration: run its down script, if there is one,
-        and delete its tracking row, in one transaction."""
-        # A mistyped --migrations-dir would find no down script and remove
-        # the record alone, leaving the schema as it is.
-        self.migrations()
-        if not os.path.exists(self.db_path):
-            raise MigrationError(
-                f"Migration {version} not found in applied migrations" if version else
-                f"Nothing to roll back: database {self.db_path} does not exist"
-            )
-        self._connect()
-        # Chosen before the transaction too, so that a down script's leading
-        # PRAGMA foreign_keys can run before BEGIN, as a migration's does.
-        row = self._choose_rollback(self._read_applied() or {}, version, force)
-        down, statements = self._down_script(row)
-        try:
-            with self._leading_pragmas_first(down, statements, "roll back") as hoisted, \
-                    self.transaction(immediate=True):
-                if self._choose_rollback(self._read_applied() or {}, version, force) != row:
-                    raise MigrationError(
-                        f"Another process changed the applied migrations of {self.db_path}"
-                        " while this rollback started; nothing was rolled back. Run it again.")
-                self._refuse_old_orphans("rolled back")
-                if down is not None:
-                    self._execute_statements(down, statements[hoisted:], action="roll back")
-                    if self.foreign_keys:
-                        self._check_foreign_keys(down, action="roll back")
-                self._execute_admin(SQL_DELETE_APPLIED.format(table=self.table),
-                                    (row.version,))
-                if self._wrangler is not None and self._read_wrangler_rows() is not None:
-                    self._execute_admin(SQL_DELETE_WRANGLER.format(table=self._wrangler),
-                                        (row.name + ".sql",))
-        except CommitFailed as exc:
-            raise MigrationFailed(row.name, down.path if down else self.migrations_dir,
-                                  f"{exc}; it was rolled back", action="roll back") from exc
-        except Interrupted as exc:
-            exc.rolling_back = row.name
-            raise
-        return RollbackResult(row, down.path if down else None, len(statements))
-
-    def _choose_rollback(self, applied: Applied, version: Optional[str],
+    def _choose_rollback(self, applied: Dict[int, AppliedRow], version: Optional[str],
                          force: bool) -> AppliedRow:
         """The applied migration `version` names (default: the latest), once
         no later one stands in the way."""
@@ -1791,528 +2842,110 @@ class Migrator:
                 raise MigrationError("Nothing to roll back: no migrations have been applied")
             row = rows[-1]
         else:
-            row = self.find(version, rows)
+            row = find_migration(version, rows)
             if row is None:
                 raise MigrationError(f"Migration {version} not found in applied migrations")
         later = [r.name for r in rows if int(r.version) > int(row.version)]
         if later and not force:
             raise MigrationError(
                 f"Cannot roll back {row.name}: later migrations are still applied"
-                f" ({', '.join(later)}). Roll those back first, or pass --force"
-                " to roll back only this one."
-            )
+                f" ({', '.join(later)}). Roll those back first, or pass {_opt('force')}"
+                " to roll back only this one.")
         return row
 
-    def _down_script(self, row: AppliedRow) -> "tuple[Optional[Migration], Prepared]":
-        """The migration's down script and its statements, if it has one."""
+    def _rollback_step(self, row: AppliedRow, record: Record, version: Optional[str],
+                       force: bool) -> Step:
         path = os.path.join(self.migrations_dir, DOWN_DIR, row.name + ".sql")
-        if not os.path.isfile(path):
-            return None, []
-        down = Migration(row.version, row.name, path)
+        statements: List[Tuple[int, Statement]] = []
+        if os.path.lexists(path):
+            problem = _not_a_file(path)
+            if problem:
+                raise MigrationFileError(f"{path}: {problem[2]}. Nothing was rolled back.")
+            statements = self._prepare(Migration(row.version, row.name, path), "roll back")
+
+        def settled() -> bool:
+            applied = self._read().applied
+            if int(row.version) not in applied:
+                return True  # rolled back meanwhile, or by the batch whose answer was lost
+            if self._choose_rollback(applied, version, force) != row:
+                raise MigrationError(
+                    f"Another process changed the applied migrations of {self.target.name}"
+                    " while this rollback started; nothing was rolled back. Run it again.")
+            return False
+
+        return Step("roll back", row.version, row.name,
+                    path if os.path.lexists(path) else None, statements,
+                    _leading_foreign_keys(statements),
+                    lambda ms: self.book.forget(row, record), lambda ms: [], settled)
+
+    # -- the run and its outcomes ------------------------------------------------
+
+    def _run(self, report: RunReport, step: Step, index: int, done: str) -> None:
+        """One step through the target, and its outcome reported."""
         try:
-            return down, self._prepare(down)
-        except MigrationFailed as exc:
-            raise MigrationFailed(row.name, exc.path, exc.reason, exc.statement,
-                                  exc.line, exc.sql, action="roll back") from None
+            duration = self.target.run(step)
+        except _Stop as stop:
+            if stop.state in _STOP_RESULTS:
+                self._report(report, step, index, _STOP_RESULTS[stop.state], None)
+            raise
+        except MigrationError as exc:
+            self._report(report, step, index, FAILED, None, exc)
+            raise
+        self._report(report, step, index, done if duration is not None else SKIPPED, duration)
 
+    def _report(self, report: RunReport, step: Step, index: int, result: str,
+                duration_ms: Optional[float], error: Optional[MigrationError] = None) -> None:
+        """The one place an outcome becomes known: the report keeps it, and
+        on_outcome hears of it."""
+        outcome = Outcome("apply" if step.action == "apply" else "rollback", result,
+                          step.version, step.name, step.path, index, report.planned,
+                          duration_ms, error)
+        report.outcomes.append(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
 
-def _leading_foreign_keys_pragmas(statements: Prepared) -> int:
-    """How many statements at the start of a file are PRAGMA foreign_keys."""
-    count = 0
-    while (count < len(statements) and statements[count][1].keyword == "PRAGMA"
-           and _FOREIGN_KEYS_PRAGMA.match(statements[count][1].sql)):
-        count += 1
-    return count
+    def _new_report(self, action: str, dry_run: bool = False,
+                    single_transaction: bool = False) -> RunReport:
+        report = RunReport(action, self.target.name, self.migrations_dir, dry_run,
+                           single_transaction)
+        report.wrangler_table = self.book.wrangler_table
+        return report
 
+    @staticmethod
+    def _fail(report: RunReport, error: MigrationError) -> None:
+        report.error = error
+        report.elapsed_ms = (time.perf_counter() - report.started) * 1000
+        error.report = report
 
-def _describe_statement(name: str, number: int, statement: Statement, seconds: float) -> str:
-    text = " ".join(statement.sql.split())
-    if len(text) > 80:
-        text = text[:77] + "..."
-    return f"{name} statement {number} (line {statement.line}): {format_ms(seconds * 1000)}  {text}"
-
-
-def format_ms(ms: float) -> str:
-    if ms < 1000:
-        return f"{ms:.1f} ms"
-    return f"{ms / 1000:.1f} s"
-
-
-# --------------------------------------------------------------------------
-# Cloudflare D1 over its HTTP API: the same Migrator, with each migration sent
-# as one batch that D1 runs as one transaction.
-
-D1_API_BASE = "https://api.cloudflare.com/client/v4"
-D1_ACCOUNT_VARIABLE = "CLOUDFLARE_ACCOUNT_ID"
-D1_DATABASE_VARIABLE = "D1_DATABASE_ID"
-D1_TOKEN_VARIABLE = "CLOUDFLARE_API_TOKEN"
-D1_API_BASE_VARIABLE = "CLOUDFLARE_API_BASE_URL"
-DEFAULT_HTTP_TIMEOUT = 30.0
-DEFAULT_HTTP_RETRIES = 4
-# A statement that always fails with a message of its own: appended to a batch
-# it makes D1 roll the batch back, which a dry run and the search for a
-# failing statement need.
-D1_SENTINEL_TABLE = "apply_migrations: rolled back on purpose"
-SQL_SENTINEL = f"SELECT * FROM {quote_identifier(D1_SENTINEL_TABLE)}"
-SQL_SET_DURATION = "UPDATE {table} SET duration_ms = ? WHERE version = ?"
-
-
-class D1Error(MigrationError):
-    """D1 refused a request; nothing of it was committed."""
-
-    def __init__(self, message: str, code: Optional[int] = None,
-                 status: Optional[int] = None):
-        self.code = code
-        self.status = status
-        super().__init__(message)
-
-
-class D1Unsure(D1Error):
-    """The request may or may not have reached D1 (a timeout, a dropped
-    connection, a 5xx): only the tracking table can tell whether it ran."""
-
-
-def d1_sql(statement: Statement) -> str:
-    """A statement as sent to D1.  D1's server-side splitter, which sees
-    each batch entry too, has cut trigger bodies whose BEGIN or END is not in
-    upper case ("incomplete input"): upper-case those two words of a
-    CREATE TRIGGER.  SQLite reads keywords in any case, so nothing else
-    changes; the file and its checksum are untouched."""
-    if statement.keyword != "CREATE":
-        return statement.sql
-    sql = statement.sql
-    words = [m for m in re.finditer(_HEAD_TOKEN, sql) if re.match(_IDENTIFIER, m.group())]
-    lowered = [m.group().lower() for m in words[:3]]
-    if "trigger" not in lowered[1:3] or (lowered[1] != "trigger" and
-                                         lowered[1] not in ("temp", "temporary")):
-        return sql
-    begin = next((m for m in words if m.group().lower() == "begin"), None)
-    end = next((m for m in reversed(words) if m.group().lower() == "end"), None)
-    if begin is None or end is None or end.start() < begin.start():
-        return sql
-    return (sql[:begin.start()] + "BEGIN" + sql[begin.end():end.start()] + "END"
-            + sql[end.end():])
-
-
-class D1Client:
-    """POSTs SQL to D1's /query and /raw endpoints with urllib.
-
-    Requests that cannot change anything twice (reads, CREATE ... IF NOT
-    EXISTS) are retried with backoff on timeouts, dropped connections, 429
-    and 5xx.  A write that may have reached D1 is never resent here: it raises
-    D1Unsure and the caller asks the tracking table what happened.
-    """
-
-    def __init__(self, api_base: str, account_id: str, database_id: str, token: str,
-                 *, timeout: float = DEFAULT_HTTP_TIMEOUT,
-                 retries: int = DEFAULT_HTTP_RETRIES,
-                 log: Optional[Callable[[str], None]] = None):
-        self.api_base = api_base.rstrip("/")
-        self.account_id = account_id
-        self.database_id = database_id
-        self._token = token
-        self.timeout = timeout
-        self.retries = retries
-        self.log = log
-        self.backoff = 1.0  # seconds before the first retry; doubles each time
-
-    def describe(self) -> str:
-        return f"D1 database {self.database_id}"
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
-
-    def _post_once(self, kind: str, body: dict) -> "tuple[Optional[int], object]":
-        """One POST: (HTTP status, parsed JSON or None).  Raises _Transient."""
-        import json
-        import socket
-        import urllib.error
-        import urllib.request
-        import http.client
-        url = (f"{self.api_base}/accounts/{self.account_id}/d1/database/"
-               f"{self.database_id}/{kind}")
-        request = urllib.request.Request(
-            url, data=json.dumps(body).encode("utf-8"), method="POST",
-            headers={"Authorization": f"Bearer {self._token}",
-                     "Content-Type": "application/json",
-                     "User-Agent": f"apply_migrations.py/{__version__}"})
-        started = time.perf_counter()
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-            if status == 429 or status >= 500:
-                delay = exc.headers.get("Retry-After") if exc.headers else None
-                raise _Transient(f"HTTP {status} from D1", maybe_ran=status != 429,
-                                 delay=float(delay) if delay and VERSION_TEXT.match(delay) else None)
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            never_sent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))
-            raise _Transient(f"cannot reach {self.api_base} ({reason})",
-                             maybe_ran=not never_sent) from None
-        except (socket.timeout, TimeoutError):
-            raise _Transient(f"no answer from D1 within {self.timeout:g} s"
-                             " (--http-timeout)", maybe_ran=True) from None
-        except (ConnectionError, http.client.HTTPException, OSError) as exc:
-            raise _Transient(f"connection to D1 failed ({exc})", maybe_ran=True) from None
-        if self.log:
-            self.log(f"POST .../{kind}: HTTP {status} in"
-                     f" {format_ms((time.perf_counter() - started) * 1000)}")
-        try:
-            return status, json.loads(raw.decode("utf-8"))
-        except ValueError:
-            return status, None
-
-    def request(self, kind: str, body: dict, idempotent: bool) -> list:
-        """POST with retries where safe; the `result` list of the envelope."""
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
-            try:
-                status, payload = self._post_once(kind, body)
-                break
-            except _Transient as transient:
-                if transient.maybe_ran and not idempotent:
-                    raise D1Unsure(self._redact(transient.reason)) from None
-                if attempt == self.retries:
-                    raise D1Error(self._redact(
-                        f"{transient.reason}; gave up after {attempt + 1} attempts")) from None
-                time.sleep(min(transient.delay or delay, 60.0))
-                delay *= 2
-        if isinstance(payload, dict) and payload.get("success") is True:
-            return payload.get("result") or []
-        errors = payload.get("errors") if isinstance(payload, dict) else None
-        if errors:
-            first = errors[0]
-            message = "; ".join(f"{e.get('message')} [code {e.get('code')}]" for e in errors)
-            code = first.get("code")
-        else:
-            message, code = f"HTTP {status} with no D1 answer in the body", None
-        if status in (401, 403) or code == 10000:
-            raise ConfigurationError(self._redact(
-                f"D1 refused the credentials ({message}): check {D1_TOKEN_VARIABLE}"
-                f" (a token with D1 edit permission) and {D1_ACCOUNT_VARIABLE}"))
-        if status == 404:
-            raise ConfigurationError(self._redact(
-                f"D1 database {self.database_id} not found in account {self.account_id}"
-                f" ({message}); check {D1_DATABASE_VARIABLE} and {D1_ACCOUNT_VARIABLE}"))
-        raise D1Error(self._redact(message), code=code, status=status)
-
-    def batch(self, statements: List["tuple[str, list]"], idempotent: bool = False) -> list:
-        """Run statements as one batch, one D1 transaction; per-statement results."""
-        return self.request("query", {"batch": [{"sql": sql, "params": params}
-                                                for sql, params in statements]},
-                            idempotent)
-
-    def rows(self, sql: str, params: tuple = ()) -> List[tuple]:
-        result = self.request("raw", {"sql": sql, "params": list(params)}, idempotent=True)
-        return [tuple(row) for row in (result[0]["results"].get("rows") or [])] if result else []
-
-
-class _Transient(Exception):
-    def __init__(self, reason: str, maybe_ran: bool, delay: Optional[float] = None):
-        self.reason = reason
-        self.maybe_ran = maybe_ran
-        self.delay = delay
-        super().__init__(reason)
-
-
-class D1RemoteMigrator(Migrator):
-    """A Migrator for a remote D1 database: the plan, checks, splitting and
-    tracking table are the Migrator's; each migration travels as one batch
-    of its statements and its tracking row, which D1 commits together or not
-    at all.  D1 has no lock to take: two runs racing for a migration both send
-    it, and the second batch fails on the tracking row's primary key and
-    leaves nothing, so each migration is still applied once."""
-
-    def __init__(self, client: D1Client, migrations_dir: str = DEFAULT_MIGRATIONS_DIR,
-                 *, wrangler_table: Optional[str] = None,
-                 log: Optional[Callable[[str], None]] = None):
-        super().__init__(client.describe(), migrations_dir,
-                         wrangler_table=wrangler_table, log=log)
-        self.client = client
-
-    # The local primitives, replaced by requests.
-    def _connect(self, readonly: bool = False, memory: bool = False):  # type: ignore[override]
-        return self
-
-    def close(self) -> None:
-        pass
-
-    def exists(self) -> bool:
-        return True
-
-    @contextmanager
-    def transaction(self, immediate: bool = False, commit: bool = True):  # type: ignore[override]
-        yield None  # every request is its own transaction on D1
-
-    def _fetch(self, sql: str, params: tuple = ()) -> List[tuple]:
-        return self.client.rows(sql, params)
-
-    def _execute_admin(self, sql: str, params: tuple = ()):  # type: ignore[override]
-        # Only idempotent statements come here (CREATE ... IF NOT EXISTS,
-        # INSERT OR IGNORE), so they may be retried.
-        return self.client.batch([(sql, list(params))], idempotent=True)
-
-    def backup(self, path: Optional[str] = None) -> str:
-        raise ConfigurationError(
-            "--backup copies a local database file; a remote D1 database is restored"
-            " with Time Travel instead (wrangler d1 time-travel info / restore)")
-
-    def _prepare_for_d1(self, migration: Migration) -> Prepared:
-        """Split and check a file as D1 will see it, refusing what D1 rejects."""
-        numbered = self._prepare(migration)
-        for finding in check_statements(migration.path, [s for _, s in numbered]):
-            # Statements travel one per batch entry, so a missing final ';'
-            # is harmless here.
-            if finding.severity == "error" and finding.code != "missing-semicolon":
-                number = next((n for n, s in numbered if s.line == finding.line), None)
-                raise MigrationFailed(
-                    migration.name, migration.path,
-                    f"D1 would reject it: {finding.message}; nothing was sent",
-                    number, finding.line)
-        return numbered
-
-    def _entries(self, migration: Migration, numbered: Prepared) -> List["tuple[str, list]"]:
-        entries = [(d1_sql(statement), []) for _, statement in numbered]
-        entries.append((SQL_INSERT_APPLIED.format(table=self.table),
-                        [migration.version, migration.name, migration.checksum,
-                         utc_now(), 0.0]))
-        if self._wrangler is not None:
-            entries.append((SQL_INSERT_WRANGLER.format(table=self._wrangler),
-                            [migration.filename]))
-        return entries
-
-    def _rolled_back_on_purpose(self, entries: List["tuple[str, list]"]) -> Optional[D1Error]:
-        """Run entries plus the sentinel: None if all of them succeed (and
-        the sentinel rolls them back), else the error of the first that fails."""
-        try:
-            self.client.batch(entries + [(SQL_SENTINEL, [])], idempotent=True)
-        except D1Error as exc:
-            return None if D1_SENTINEL_TABLE in str(exc) else exc
-        raise MigrationError("D1 committed a batch that was meant to fail; stopping")
-
-    def _locate(self, migration: Migration, numbered: Prepared, error: D1Error,
-                action: str = "apply", before: List["tuple[str, list]"] = ()
-                ) -> MigrationFailed:  # type: ignore[assignment]
-        """D1 names no statement when a batch fails: find it by bisection,
-        with batches that are always rolled back (each replaying `before`,
-        the entries that ran ahead of this migration in the same batch)."""
-        before = list(before)
-        entries = [(d1_sql(s), []) for _, s in numbered]
-        if self._rolled_back_on_purpose(before + entries) is None:
-            return MigrationFailed(migration.name, migration.path,
-                                   f"{error} (recording it in {TRACKING_TABLE} failed)",
-                                   action=action)
-        good, bad = 0, len(entries)
-        while bad - good > 1:
-            middle = (good + bad) // 2
-            if self._rolled_back_on_purpose(before + entries[:middle]) is None:
-                good = middle
-            else:
-                bad = middle
-        number, statement = numbered[bad - 1]
-        return MigrationFailed(migration.name, migration.path, str(error), number,
-                               statement.line, statement.sql, action=action)
-
-    def apply(self, target: Optional[str] = None, allow_out_of_order: bool = False,
-              single_transaction: bool = False, dry_run: bool = False,
-              backup: bool = False, backup_path: Optional[str] = None,
-              on_applied=None, on_backup=None) -> ApplyResult:
-        if backup:
-            self.backup(backup_path)
-        # Every check before the first write: a refused run sends nothing.
-        pending = self.plan(self._read_applied() or {}, target, allow_out_of_order)
-        prepared = [(m, self._prepare_for_d1(m)) for m in pending]
-        if not dry_run:
-            self._ensure_tracking_table()
-        done: List[Migration] = []
-        if not prepared:
-            return ApplyResult(done, None)
-        if dry_run or single_transaction:
-            self._apply_as_one(prepared, dry_run, on_applied)
-            return ApplyResult([m for m, _ in prepared], None)
-        for migration, numbered in prepared:
-            try:
-                duration = self._send(migration, numbered, target, allow_out_of_order)
-            except Interrupted as exc:
-                exc.uncertain = migration.name
-                exc.applied = len(done)
-                raise
-            if duration is None:
-                continue  # another run applied it meanwhile
-            done.append(migration)
-            if on_applied:
-                on_applied(len(done), len(prepared), migration, duration)
-        return ApplyResult(done, None)
-
-    def _apply_as_one(self, prepared: List["tuple[Migration, Prepared]"], dry_run: bool,
-                      on_applied) -> None:
-        header = [(SQL_CREATE_TRACKING.format(table=self.table), [])]
-        if self._wrangler is not None:
-            header.append((SQL_CREATE_WRANGLER.format(table=self._wrangler), []))
-        entries = list(header)
-        for migration, numbered in prepared:
-            entries += self._entries(migration, numbered)
-        started = time.perf_counter()
-        try:
-            if dry_run:
-                error = self._rolled_back_on_purpose(entries)
-                if error is not None:
-                    raise error
-            else:
-                self.client.batch(entries)
-        except D1Error as exc:
-            failure = self._first_failure(header, prepared, exc)
-            failure.note = ("dry run: nothing was changed" if dry_run else
-                            "rolled back the whole run (--single-transaction):"
-                            " nothing was applied")
-            raise failure from None
-        each = (time.perf_counter() - started) * 1000 / len(prepared)
-        for index, (migration, _) in enumerate(prepared, 1):
-            if on_applied:
-                on_applied(index, len(prepared), migration, each)
-
-    def _first_failure(self, header: List["tuple[str, list]"],
-                       prepared: List["tuple[Migration, Prepared]"],
-                       error: D1Error) -> MigrationFailed:
-        """Which migration of a one-batch run failed: growing prefixes of
-        whole migrations are tried, and rolled back, until one fails."""
-        entries = list(header)
-        for migration, numbered in prepared:
-            before = list(entries)
-            entries += self._entries(migration, numbered)
-            failed = self._rolled_back_on_purpose(entries)
-            if failed is not None:
-                return self._locate(migration, numbered, failed, before=before)
-        return MigrationFailed(prepared[-1][0].name, prepared[-1][0].path, str(error))
-
-    def _send(self, migration: Migration, numbered: Prepared, target: Optional[str],
-              allow_out_of_order: bool) -> Optional[float]:
-        """One migration as one batch.  Returns D1's duration, or None when
-        another run applied it first."""
-        for attempt in range(self.client.retries + 1):
-            try:
-                result = self.client.batch(self._entries(migration, numbered))
-            except D1Unsure as unsure:
-                # It may have run: D1 committed all of it or none, and the
-                # tracking table says which.
-                if migration.number in (self._read_applied() or {}):
-                    return 0.0
-                if attempt == self.client.retries:
-                    raise MigrationFailed(migration.name, migration.path,
-                                          f"{unsure}; it was not applied") from None
-                time.sleep(self.client.backoff * 2 ** attempt)
-                continue
-            except D1Error as exc:
-                applied = self._read_applied() or {}
-                if migration.number in applied:
-                    return None  # the tracking row's key refused a second copy
-                self.plan(applied, target, allow_out_of_order)
-                raise self._locate(migration, numbered, exc) from None
-            duration = sum(float((r.get("meta") or {}).get("duration") or 0)
-                           for r in result[:len(numbered)])
-            try:
-                self._execute_admin(SQL_SET_DURATION.format(table=self.table),
-                                    (round(duration, 3), migration.version))
-            except D1Error:
-                pass  # only the recorded duration is lost
-            return duration
-        return None
-
-    def rollback(self, version: Optional[str] = None, force: bool = False) -> RollbackResult:
-        row = self._choose_rollback(self._read_applied() or {}, version, force)
-        down, numbered = self._down_script(row)
-        entries = [(d1_sql(s), []) for _, s in numbered]
-        entries.append((SQL_DELETE_APPLIED.format(table=self.table), [row.version]))
-        if self._wrangler is not None:
-            entries.append((SQL_DELETE_WRANGLER.format(table=self._wrangler),
-                            [row.name + ".sql"]))
-        try:
-            self.client.batch(entries)
-        except D1Unsure as unsure:
-            if int(row.version) in (self._read_applied() or {}):
-                raise D1Error(f"{unsure}; D1 did not roll back {row.name}, it is still"
-                              " applied: run rollback again") from None
-        except D1Error as exc:
-            if down is None:
-                raise
-            raise self._locate(down, numbered, exc, action="roll back") from None
-        return RollbackResult(row, down.path if down else None, len(numbered))
-
-
-# --------------------------------------------------------------------------
-# The command line: parses, calls the Migrator, turns results and errors into
-# text, JSON and exit codes.
-
-STATE_MARKS = {"applied": "[X]", "pending": "[ ]", "modified": "[!]", "missing": "[?]"}
-STATE_COLORS = {"applied": "32", "pending": "33", "modified": "31", "missing": "31"}
-NEW_FILE_HEADER = """\
--- Migration number: {number} \u23f1\ufe0f {timestamp}
--- {description}
--- Environment: D1 (Cloudflare SQLite)
-
-"""
-
-
-def resolve_target(args: argparse.Namespace) -> "tuple[str, str, Optional[str]]":
-    """The database path, migrations folder and wrangler table (or None) the
-    options name; checked before any I/O.  A wrangler config supplies what the
-    command line leaves out."""
-    wrangler_table = getattr(args, "wrangler_table", None)
-    if wrangler_table is None and getattr(args, "wrangler", False):
-        wrangler_table = WRANGLER_TABLE
-    config = getattr(args, "wrangler_config", None)
-    if config:
-        found = wrangler_database(config, args.database, args.persist_to)
-        return (args.db_path or found.db_path,
-                args.migrations_dir or found.migrations_dir,
-                wrangler_table or found.migrations_table)
-    return resolve_db_path(args), resolve_migrations_dir(args), wrangler_table
-
-
-def check_wrangler_options(args: argparse.Namespace) -> None:
-    """--database and --persist-to only qualify --wrangler-config; alone they
-    would be ignored, and `--database app.db` would quietly use another file."""
-    if getattr(args, "wrangler_config", None):
-        return
-    for option, value in (("--database", getattr(args, "database", None)),
-                          ("--persist-to", getattr(args, "persist_to", None))):
-        if value is not None:
-            hint = f" For a database file, pass --db-path {value}." \
-                if option == "--database" else ""
-            raise ConfigurationError(
-                f"{option} {value} needs --wrangler-config: it selects within the"
-                f" wrangler config, and no config was given.{hint}")
-
-
-def resolve_migrations_dir(args: argparse.Namespace) -> str:
-    if args.migrations_dir:
-        return args.migrations_dir
-    if args.wrangler_config:
-        return wrangler_database(args.wrangler_config, args.database,
-                                 args.persist_to).migrations_dir
-    return DEFAULT_MIGRATIONS_DIR
-
-
-def resolve_db_path(args: argparse.Namespace, environ=None) -> str:
-    """--db-path, else the environment's database; checked before any I/O."""
-    environ = os.environ if environ is None else environ
-    if args.db_path:
-        return args.db_path
-    if args.env == "production":
-        path = environ.get(DB_PATH_VARIABLE, "").strip()
-        if not path:
-            raise ConfigurationError(
-                f"{DB_PATH_VARIABLE} is not set: --env production reads the database"
-                f" path from it. Set {DB_PATH_VARIABLE}=/path/to/db or pass --db-path."
-            )
-        return path
-    return DEFAULT_DB_PATH
+    def _check_stop(self) -> None:
+        if self._stop_signal is not None:
+            raise _Stop(self._stop_signal, None)
 
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+# ==========================================================================
+# 13. Output: what the command line shows, rendered from outcomes and
+#     reports: text or JSON on stdout, errors on stderr, GitHub Actions
+#     annotations and step summaries.  Writing never stops a run: a closed,
+#     full or broken stdout is noted (Console.lost) and told at the end.
+# ==========================================================================
+
+STATE_MARKS = {"applied": "[X]", "pending": "[ ]", "modified": "[!]", "missing": "[?]"}
+STATE_COLORS = {"applied": "32", "pending": "33", "modified": "31", "missing": "31"}
+# How a progress line ends, by outcome; outcomes that end a run (failed,
+# interrupted) are told by the error line instead.
+PROGRESS_NOTES = {APPLIED: "", WOULD_APPLY: " (dry run)",
+                  UNDONE: " (rolled back with the run)",
+                  SKIPPED: " skipped: another process applied it meanwhile"}
+# Settings whose command-line spelling is not --name-with-dashes.
+CLI_SPELLING = {"remote": "--d1-remote", "dry_run": "--dry-run"}
+
+
+def cli_spelling(name: str) -> str:
+    return CLI_SPELLING.get(name) or "--" + name.replace("_", "-")
 
 
 def _escape_workflow(text: str, property_value: bool = False) -> str:
@@ -2327,280 +2960,397 @@ def _markdown_cell(value: object) -> str:
     return "" if value is None else " ".join(str(value).replace("|", "\\|").splitlines())
 
 
-class Console:
-    """Where the CLI's words go: text or JSON on stdout, errors on stderr,
-    colour only on a terminal without NO_COLOR, GitHub Actions extras."""
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
-    def __init__(self, args: argparse.Namespace):
-        self.json = getattr(args, "json", False)
-        self.quiet = getattr(args, "quiet", False)
-        self.verbose = getattr(args, "verbose", False)
-        self.github = os.environ.get("GITHUB_ACTIONS") == "true"
-        self.summary_path = os.environ.get("GITHUB_STEP_SUMMARY") or None
-        self.partial: Dict[str, object] = {}  # what a failed command did, for JSON
-        self.secrets: List[str] = []  # never printed, whatever an error says
+
+def _is_tty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class Console:
+    """Where the command line's words go: text or JSON on stdout, errors on
+    stderr, colour only on a terminal without NO_COLOR, GitHub Actions
+    extras.  Every write goes through _write, which never raises."""
+
+    def __init__(self, json: bool = False, quiet: bool = False, verbose: bool = False,
+                 environ: Optional[Dict[str, str]] = None):
+        environ = os.environ if environ is None else environ
+        self.json, self.quiet, self.verbose = json, quiet, verbose
+        self.github = environ.get("GITHUB_ACTIONS") == "true"
+        self.summary_path = environ.get("GITHUB_STEP_SUMMARY") or None
+        self.workspace = environ.get("GITHUB_WORKSPACE") or None
+        self.color = not environ.get("NO_COLOR") and environ.get("TERM") != "dumb"
+        self.secrets: List[str] = []  # never printed, whatever a message says
+        self.lost: Optional[str] = None  # why stdout could not be written, if it could not
         self._ticking = False
         self._flushed = 0.0
-        self._stdout_tty = self.is_tty(sys.stdout)
-        self.ellipsis = "\u2026" if self._utf8(sys.stdout) else "..."
+        self._stdout_tty = _is_tty(sys.stdout)
+        encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+        self._utf8 = encoding == "utf8"
+        self.ellipsis = "\u2026" if self._utf8 else "..."
 
-    @staticmethod
-    def _utf8(stream) -> bool:
-        return (getattr(stream, "encoding", None) or "").lower().replace("-", "") == "utf8"
+    # -- writing -------------------------------------------------------------
 
-    @staticmethod
-    def is_tty(stream) -> bool:
+    def _write(self, text: str, to_stderr: bool = False, flush: bool = True) -> None:
+        stream = sys.stderr if to_stderr else sys.stdout
+        if not to_stderr and self.lost is not None:
+            return
         try:
-            return stream.isatty()
-        except (AttributeError, ValueError):
-            return False
+            if stream is None:
+                raise OSError("it is closed")
+            stream.write(text)
+            if flush:
+                stream.flush()
+        except (OSError, ValueError) as exc:
+            if not to_stderr:
+                self.lost = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
-    def paint(self, text: str, color: str, stream=None) -> str:
-        stream = stream or sys.stdout
-        if self.is_tty(stream) and not os.environ.get("NO_COLOR") \
-                and os.environ.get("TERM") != "dumb":
+    def paint(self, text: str, color: str, to_stderr: bool = False) -> str:
+        if self.color and _is_tty(sys.stderr if to_stderr else sys.stdout):
             return f"\x1b[{color}m{text}\x1b[0m"
         return text
 
     def _end_tick(self) -> None:
         if self._ticking:
-            sys.stdout.write("\r\x1b[K")
+            self._write("\r\x1b[K")
             self._ticking = False
 
     def say(self, text: str) -> None:
-        """Progress and results: stdout, unless --quiet or --json.
-
-        Flushed at once on a terminal; into a pipe or a CI log at most four
-        times a second, so that a thousand quick migrations cost no thousand
-        writes, while a slow one still shows up as it finishes."""
-        if not self.quiet and not self.json:
-            self._end_tick()
-            print(text)
-            now = time.monotonic()
-            if now - self._flushed >= 0.25 or self._stdout_tty:
-                sys.stdout.flush()
-                self._flushed = now
+        """Progress and results: stdout, unless --quiet or --json.  Flushed at
+        once on a terminal; into a pipe or a CI log at most four times a
+        second, so that a thousand quick migrations cost no thousand writes,
+        while a slow one still shows up as it finishes."""
+        if self.quiet or self.json:
+            return
+        self._end_tick()
+        now = time.monotonic()
+        flush = self._stdout_tty or now - self._flushed >= 0.25
+        if flush:
+            self._flushed = now
+        self._write(text + "\n", flush=flush)
 
     def warn(self, text: str) -> None:
         if not self.quiet:
-            print(f"{self.paint('Warning:', '33', sys.stderr)} {text}", file=sys.stderr)
+            self._write(f"{self.paint('Warning:', '33', True)} {self.redact(text)}\n", True)
 
     def log(self, line: str) -> None:
         self._end_tick()
-        print(line, file=sys.stderr, flush=True)
+        self._write(self.redact(line) + "\n", True)
 
     def tick(self, name: str, number: int, line: int, elapsed: float) -> None:
         """A live elapsed-time line for a long statement, on a terminal only."""
         self._ticking = True
-        sys.stdout.write(f"\r\x1b[K  {name}: statement {number} (line {line})"
-                         f" running for {elapsed:.0f} s")
-        sys.stdout.flush()
+        self._write(f"\r\x1b[K  {name}: statement {number} (line {line})"
+                    f" running for {elapsed:.0f} s")
 
     def wants_ticks(self) -> bool:
-        return not self.quiet and not self.json and self.is_tty(sys.stdout)
+        return not self.quiet and not self.json and self._stdout_tty
 
     def emit(self, payload: Dict[str, object]) -> None:
+        """One JSON object on stdout; ASCII escapes where stdout is not
+        UTF-8, so that it stays valid JSON whatever the encoding."""
         import json
-        print(self.redact(json.dumps(payload, indent=2, ensure_ascii=False)), flush=True)
+        self._write(self.redact(json.dumps(payload, indent=2, ensure_ascii=not self._utf8))
+                    + "\n")
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
-            text = text.replace(secret, "***")
+            if secret:
+                text = text.replace(secret, "***")
         return text
 
-    def error(self, exc: MigrationError) -> None:
+    def words(self, exc: MigrationError) -> str:
+        """An error's message as the command line says it: its settings as
+        options, on one line, with no secret in it."""
+        return self.redact(_one_line(exc.message(cli_spelling)))
+
+    def error(self, exc: MigrationError, partial: Optional[Dict[str, object]] = None) -> None:
         self._end_tick()
         if self.github:
             self.annotate(exc)
-        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # one line
+        message = self.words(exc)
         text = message if isinstance(exc, Interrupted) else \
-            f"{self.paint('Error:', '31', sys.stderr)} {message}"
-        print(self.redact(text), file=sys.stderr, flush=True)
+            f"{self.paint('Error:', '31', True)} {message}"
+        self._write(text + "\n", True)
         if self.json:
-            self.emit({**self.partial, "error": error_payload(exc)})
+            self.emit({**(partial or {}), "error": self.error_payload(exc)})
+
+    def error_payload(self, exc: MigrationError) -> Dict[str, object]:
+        sql = getattr(exc, "sql", None)
+        return {
+            "type": type(exc).__name__,
+            "message": self.words(exc),
+            "migration": getattr(exc, "name", None),
+            "file": getattr(exc, "path", None),
+            "line": getattr(exc, "line", None),
+            "statement": getattr(exc, "statement", None),
+            "sql": self.redact(sql) if sql else sql,
+            "exit_code": exc.exit_code,
+        }
 
     def annotate(self, exc: MigrationError) -> None:
         """A workflow command that puts the error on the file and line in the
         pull request."""
         title = "Migration failed" if isinstance(exc, MigrationFailed) else \
             "apply_migrations.py failed"
-        self.workflow_command("error", str(exc), getattr(exc, "path", None),
+        self.workflow_command("error", exc.message(cli_spelling), getattr(exc, "path", None),
                               getattr(exc, "line", None), title)
 
     def workflow_command(self, kind: str, message: str, path: Optional[str],
                          line: Optional[int], title: str) -> None:
-        """`::error file=…,line=…,title=…::message`, the file relative to the
-        workspace as GitHub needs it to mark the line in a pull request."""
+        """`::error file=...,line=...,title=...::message`, the file relative to
+        the workspace as GitHub needs it to mark the line in a pull request."""
         props = []
         if path:
-            workspace = os.environ.get("GITHUB_WORKSPACE") or os.getcwd()
             try:
-                path = os.path.relpath(os.path.abspath(path), workspace)
+                path = os.path.relpath(os.path.abspath(path), self.workspace or os.getcwd())
             except ValueError:  # another drive on Windows
                 pass
-            props.append(f"file={_escape_workflow(path.replace(os.sep, '/'), True)}")
+            props.append(f"file={_escape_workflow(self.redact(path).replace(os.sep, '/'), True)}")
             if line:
                 props.append(f"line={line}")
         props.append(f"title={_escape_workflow(title, True)}")
-        stream = sys.stderr if self.json else sys.stdout
-        print(f"::{kind} {','.join(props)}::{_escape_workflow(self.redact(message))}",
-              file=stream, flush=True)
+        self._write(f"::{kind} {','.join(props)}::{_escape_workflow(self.redact(message))}\n",
+                    to_stderr=self.json)
 
     def step_summary(self, title: str, header: List[str], rows: List[List[object]]) -> None:
         """Append a markdown table to $GITHUB_STEP_SUMMARY, when it is set."""
         if not self.summary_path:
             return
-        lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
+        lines = [f"### {self.redact(title)}", "", "| " + " | ".join(header) + " |",
                  "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
+        lines += ["| " + " | ".join(self.redact(_markdown_cell(c)) for c in row) + " |"
+                  for row in rows]
         try:
             with open(self.summary_path, "a", encoding="utf-8") as handle:
                 handle.write("\n".join(lines) + "\n\n")
         except OSError as exc:
             self.warn(f"Cannot write GITHUB_STEP_SUMMARY {self.summary_path}: {exc.strerror}")
 
+    # -- rendering ---------------------------------------------------------------
 
-def error_payload(exc: MigrationError) -> Dict[str, object]:
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "migration": getattr(exc, "name", None),
-        "file": getattr(exc, "path", None),
-        "line": getattr(exc, "line", None),
-        "statement": getattr(exc, "statement", None),
-        "sql": getattr(exc, "sql", None),
-        "exit_code": exc.exit_code,
-    }
+    def progress(self, outcome: Outcome) -> None:
+        """A line per migration as its outcome becomes known."""
+        note = PROGRESS_NOTES.get(outcome.result)
+        if note is None or outcome.action != "apply":
+            return
+        took = "" if outcome.result == SKIPPED else f" {format_ms(outcome.duration_ms or 0.0)}"
+        self.say(f"[{outcome.index}/{outcome.total}] {outcome.name} {self.ellipsis}{took}{note}")
+
+    def apply_payload(self, report: RunReport) -> Dict[str, object]:
+        def listed(results: Tuple[str, ...]) -> List[Dict[str, object]]:
+            return [{"version": o.version, "name": o.name, "file": o.path,
+                     "duration_ms": round(o.duration_ms or 0.0, 3)}
+                    for o in report.outcomes if o.result in results]
+
+        payload: Dict[str, object] = {
+            "database": report.database, "migrations_dir": report.migrations_dir,
+            "dry_run": report.dry_run, "single_transaction": report.single_transaction,
+            "applied": listed((APPLIED, WOULD_APPLY)),
+            "outcomes": [{"version": o.version, "name": o.name, "file": o.path,
+                          "result": o.result,
+                          "duration_ms": None if o.duration_ms is None
+                          else round(o.duration_ms, 3)} for o in report.outcomes],
+        }
+        if report.having(UNDONE):
+            payload["rolled_back"] = listed((UNDONE,))
+        if report.backup:
+            payload["backup"] = report.backup
+        if report.synced:
+            payload["recorded_for_wrangler"] = report.synced
+        return payload
+
+    def show_apply(self, report: RunReport) -> None:
+        """The end of an apply, failed or not: the step summary, then the last
+        line or the JSON object (an error's own line is the caller's)."""
+        verb = "would apply" if report.dry_run else "applied"
+        rows: List[List[object]] = [
+            [o.version, o.name, "FAILED" if o.result == FAILED else o.result,
+             self.words(o.error) if o.error else
+             "" if o.duration_ms is None else format_ms(o.duration_ms)]
+            for o in report.outcomes]
+        if report.error is not None and not any(o.error for o in report.outcomes):
+            rows.append(["", "", "FAILED", self.words(report.error)])
+        done = report.having(APPLIED, WOULD_APPLY)
+        title = (f"Migrations on {report.database}: failed" if report.error is not None else
+                 f"Migrations on {report.database}: {_plural(len(done), 'migration')} {verb}")
+        self.step_summary(title, ["Version", "Name", "Result", "Duration"], rows)
+        if report.error is not None:
+            return
+        self.show_synced(report)
+        if self.json:
+            self.emit({**self.apply_payload(report), "error": None})
+            return
+        skipped = report.having(SKIPPED)
+        if not done and not skipped:
+            self.say(self._nothing_to_apply(report))
+        elif report.dry_run:
+            self.say(f"Dry run: {_plural(len(done), 'migration')} would apply cleanly to"
+                     f" {report.database}; nothing was changed.")
+        else:
+            mode = " in one transaction" if report.single_transaction else ""
+            also = (f" {_plural(len(skipped), 'migration')} another process applied meanwhile"
+                    " were skipped.") if skipped else ""
+            self.say(f"Applied {_plural(len(done), 'migration')}{mode} to {report.database}"
+                     f" in {format_ms(report.elapsed_ms)}.{also}")
+
+    @staticmethod
+    def _nothing_to_apply(report: RunReport) -> str:
+        ignored = (f" {_plural(report.ignored, '.sql file')} in it"
+                   f" {'was' if report.ignored == 1 else 'were'} ignored: see the warnings"
+                   " above.") if report.ignored else ""
+        if report.beyond_target:
+            return (f"Nothing to apply up to {cli_spelling('target')} {report.target}:"
+                    f" {_plural(report.beyond_target, 'migration')} after it"
+                    f" {'is' if report.beyond_target == 1 else 'are'} still pending in"
+                    f" {report.database}.{ignored}")
+        return (f"Nothing to apply: {report.database} is up to date"
+                f" ({_plural(report.migrations, 'migration')} in {report.migrations_dir}).{ignored}")
+
+    def show_synced(self, report: RunReport) -> None:
+        if report.synced and not self.json:
+            self.say(f"Recorded {_plural(len(report.synced), 'migration')} applied earlier"
+                     f" in {report.wrangler_table} for wrangler: {', '.join(report.synced)}")
+
+    def show_status(self, database: str, exists: bool, migrations_dir: str,
+                    states: List[MigrationStatus]) -> Dict[str, int]:
+        counts = {state: 0 for state in STATE_MARKS}
+        for s in states:
+            counts[s.state] += 1
+        if self.json:
+            self.emit({
+                "database": database, "database_exists": exists,
+                "migrations_dir": migrations_dir,
+                "migrations": [{
+                    "version": s.version, "name": s.name, "file": s.path, "state": s.state,
+                    "checksum": s.checksum, "applied_at": s.applied_at,
+                    "duration_ms": s.duration_ms,
+                } for s in states],
+                "summary": {**counts, "total": len(states)},
+            })
+        else:
+            self.say(f"Database:   {database}{'' if exists else ' (does not exist yet)'}")
+            self.say(f"Migrations: {migrations_dir}")
+            self.say("")
+            width = max([len(s.name) for s in states] + [4])
+            for s in states:
+                detail = {
+                    "applied": f"applied {s.applied_at}",
+                    "pending": "pending",
+                    "modified": f"MODIFIED: applied {s.applied_at}, file changed since",
+                    "missing": f"MISSING: applied {s.applied_at}, file gone",
+                }[s.state]
+                mark = self.paint(STATE_MARKS[s.state], STATE_COLORS[s.state])
+                self.say(f"{mark} {s.name:<{width}}  {detail}")
+            if not states:
+                self.say("(no migrations)")
+            self.say("")
+            self.say(", ".join(f"{state.capitalize()}: {n}" for state, n in counts.items()))
+        self.step_summary(f"Migration status of {database}",
+                          ["Version", "Name", "State", "Applied at"],
+                          [[s.version, s.name, s.state, s.applied_at] for s in states])
+        return counts
+
+    def show_rollback(self, report: RunReport, migrations_dir: str) -> None:
+        outcome = report.outcomes[-1]
+        if self.json:
+            self.emit({
+                "database": report.database,
+                "rolled_back": {"version": outcome.version, "name": outcome.name},
+                "result": outcome.result,
+                "down_script": outcome.path,
+                "statements": report.statements,
+                "schema_changed": outcome.path is not None and outcome.result == ROLLED_BACK,
+            })
+        elif outcome.result == SKIPPED:
+            self.say(f"Nothing rolled back: another process rolled back {outcome.name}"
+                     " meanwhile.")
+        elif outcome.path:
+            self.say(f"Rolled back {outcome.name}: ran {outcome.path}"
+                     f" ({_plural(report.statements, 'statement')}) and removed its record.")
+        else:
+            self.say(f"Rolled back {outcome.name}: removed its record only. There is no down"
+                     f" script at {os.path.join(migrations_dir, DOWN_DIR, outcome.name + '.sql')},"
+                     " so the schema was NOT changed.")
+
+    def show_check(self, migrations_dir: str, database: Optional[str], count: int,
+                   findings: List[Finding]) -> int:
+        errors = sum(1 for f in findings if f.severity == "error")
+        warnings = len(findings) - errors
+        if self.json:
+            self.emit({
+                "migrations_dir": migrations_dir, "database": database,
+                "findings": [f._asdict() for f in findings],
+                "summary": {"files": count, "errors": errors, "warnings": warnings},
+            })
+        for f in findings:
+            where = f"{f.path}:{f.line}" if f.line else f.path
+            color = "31" if f.severity == "error" else "33"
+            self.say(f"{where}: {self.paint(f.severity, color)}: {f.message} [{f.code}]")
+            if self.github:
+                self.workflow_command(f.severity, f.message, f.path, f.line,
+                                      f"D1 check ({f.code})")
+        self.say(f"{_plural(count, 'migration')} checked: {_plural(errors, 'error')},"
+                 f" {_plural(warnings, 'warning')}.")
+        return errors
 
 
-def make_d1_client(args: argparse.Namespace, console: Console) -> D1Client:
-    """The remote D1 database the environment names; each missing variable
-    is a one-line error before anything is sent."""
-    environ = os.environ
-    account = environ.get(D1_ACCOUNT_VARIABLE, "").strip()
-    database = environ.get(D1_DATABASE_VARIABLE, "").strip()
-    if not database and args.wrangler_config:
-        database = wrangler_database(args.wrangler_config, args.database,
-                                     args.persist_to).database_id
-    token = environ.get(D1_TOKEN_VARIABLE, "").strip()
-    for variable, value, what in (
-            (D1_ACCOUNT_VARIABLE, account, "your Cloudflare account id"),
-            (D1_DATABASE_VARIABLE, database,
-             "the D1 database's id (or pass --wrangler-config with its database_id)"),
-            (D1_TOKEN_VARIABLE, token, "an API token with D1 edit permission")):
-        if not value:
-            raise ConfigurationError(f"{variable} is not set: --d1-remote needs {what}.")
-    console.secrets.append(token)
-    return D1Client(
-        args.api_base or environ.get(D1_API_BASE_VARIABLE, "").strip() or D1_API_BASE,
-        account, database, token, timeout=args.http_timeout, retries=args.http_retries,
-        log=console.log if args.verbose else None)
+# ==========================================================================
+# 14. Command line: the parser, one function per command, main().  Each
+#     command gets the resolved Options and a Console, calls the engine, and
+#     returns an exit code; main() turns MigrationError into one line.
+# ==========================================================================
+
+NEW_FILE_HEADER = """\
+-- Migration number: {number} \u23f1\ufe0f {timestamp}
+-- {description}
+-- Environment: D1 (Cloudflare SQLite)
+
+"""
 
 
-def _make_migrator(args: argparse.Namespace, console: Console) -> Migrator:
-    if getattr(args, "d1_remote", False):
-        wrangler_table = getattr(args, "wrangler_table", None)
-        if wrangler_table is None and (args.wrangler or args.wrangler_config):
-            wrangler_table = (wrangler_database(args.wrangler_config, args.database,
-                                                args.persist_to).migrations_table
-                              if args.wrangler_config else WRANGLER_TABLE)
-        return D1RemoteMigrator(make_d1_client(args, console), resolve_migrations_dir(args),
-                                wrangler_table=wrangler_table)
-    db_path, migrations_dir, wrangler_table = resolve_target(args)
-    if getattr(args, "wrangler_config", None) and args.command in ("init", "apply") \
-            and not getattr(args, "dry_run", False):
-        # wrangler creates its state folder on first use; so does this tool.
-        os.makedirs(os.path.dirname(db_path) or ".", exist_ok=True)
-    return Migrator(
-        db_path,
-        migrations_dir,
-        lock_timeout=args.lock_timeout,
-        foreign_keys=getattr(args, "foreign_keys", False),
-        wrangler_table=wrangler_table,
-        log=console.log if args.verbose else None,
+def _migrator(options: Options, console: Console) -> Migrator:
+    if options.remote is not None:
+        console.secrets.append(options.remote.token)
+    return Migrator.from_options(
+        options, log=console.log if options.verbose else None,
         on_slow_statement=console.tick if console.wants_ticks() else None,
-    )
+        on_outcome=console.progress,
+        on_backup=lambda path: console.say(f"Backed up {options.db_path} to {path}"))
+
+
+def _make_state_folder(options: Options) -> None:
+    """wrangler creates its state folder on first use; so does this tool."""
+    if options.wrangler_config and options.remote is None and not options.dry_run:
+        folder = os.path.dirname(options.db_path) or "."
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"Cannot create wrangler's state folder {folder}: {exc.strerror}") from None
 
 
 def _warn_all(console: Console, migrator: Migrator) -> None:
-    for warning in migrator.warnings:
+    try:
+        warnings = migrator.warnings
+    except MigrationError:
+        return  # the command itself reports what is wrong with the folder
+    for warning in warnings:
         console.warn(warning)
-
-
-def cmd_init(args: argparse.Namespace, console: Console) -> int:
-    with _make_migrator(args, console) as migrator:
-        created = migrator.init()
-    if console.json:
-        console.emit({"database": migrator.db_path, "table": TRACKING_TABLE,
-                      "created": created, "recorded_for_wrangler": migrator.synced})
-        return EXIT_OK
-    if created:
-        console.say(f"Initialized {TRACKING_TABLE} in {migrator.db_path}")
-    elif not migrator.synced:
-        console.say(f"{TRACKING_TABLE} already exists in {migrator.db_path}; nothing to do")
-    _say_synced(console, migrator)
-    return EXIT_OK
-
-
-def _say_synced(console: Console, migrator: Migrator) -> None:
-    if migrator.synced:
-        console.say(f"Recorded {_plural(len(migrator.synced), 'migration')} applied earlier"
-                    f" in {migrator.wrangler_table} for wrangler: {', '.join(migrator.synced)}")
-
-
-def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    with _make_migrator(args, console) as migrator:
-        states = migrator.status()
-    _warn_all(console, migrator)
-    exists = migrator.exists()
-    counts = {state: 0 for state in STATE_MARKS}
-    for s in states:
-        counts[s.state] += 1
-    if console.json:
-        console.emit({
-            "database": migrator.db_path,
-            "database_exists": exists,
-            "migrations_dir": migrator.migrations_dir,
-            "migrations": [{
-                "version": s.version, "name": s.name, "file": s.path, "state": s.state,
-                "checksum": s.checksum, "applied_at": s.applied_at,
-                "duration_ms": s.duration_ms,
-            } for s in states],
-            "summary": {**counts, "total": len(states)},
-        })
-    else:
-        console.say(f"Database:   {migrator.db_path}"
-                    f"{'' if exists else ' (does not exist yet)'}")
-        console.say(f"Migrations: {migrator.migrations_dir}")
-        console.say("")
-        width = max([len(s.name) for s in states] + [4])
-        for s in states:
-            detail = {
-                "applied": f"applied {s.applied_at}",
-                "pending": "pending",
-                "modified": f"MODIFIED: applied {s.applied_at}, file changed since",
-                "missing": f"MISSING: applied {s.applied_at}, file gone",
-            }[s.state]
-            mark = console.paint(STATE_MARKS[s.state], STATE_COLORS[s.state])
-            console.say(f"{mark} {s.name:<{width}}  {detail}")
-        if not states:
-            console.say("(no migrations)")
-        console.say("")
-        console.say(", ".join(f"{state.capitalize()}: {n}" for state, n in counts.items()))
-    console.step_summary(
-        f"Migration status of {migrator.db_path}",
-        ["Version", "Name", "State", "Applied at"],
-        [[s.version, s.name, s.state, s.applied_at] for s in states],
-    )
-    if args.exit_code and (counts["pending"] or counts["modified"] or counts["missing"]):
-        return EXIT_FAILED
-    return EXIT_OK
 
 
 @contextmanager
 def _stop_on_signals(migrator: Migrator) -> Iterator[None]:
     """Ctrl-C and SIGTERM ask the migrator to stop at its next safe point
     (it rolls back what is in progress and raises Interrupted)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; a caller's thread keeps its own
+        return
     previous = {signum: signal.signal(signum, lambda signum, frame: migrator.request_stop(signum))
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -2610,140 +3360,71 @@ def _stop_on_signals(migrator: Migrator) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def cmd_apply(args: argparse.Namespace, console: Console) -> int:
-    if args.dry_run and args.backup is not None:
-        raise ConfigurationError("--backup and --dry-run exclude each other:"
-                                 " a dry run changes nothing")
-    migrator = _make_migrator(args, console)
-    verb = "would apply" if args.dry_run else "applied"
-    applied: List[Dict[str, object]] = []
-    console.partial = {"database": migrator.db_path, "migrations_dir": migrator.migrations_dir,
-                       "dry_run": args.dry_run, "single_transaction": args.single_transaction,
-                       "applied": applied}
-    started = time.perf_counter()
+def cmd_init(options: Options, console: Console) -> int:
+    _make_state_folder(options)
+    with _migrator(options, console) as migrator:
+        report = migrator.init()
+    if console.json:
+        console.emit({"database": report.database, "table": TRACKING_TABLE,
+                      "created": report.created, "recorded_for_wrangler": report.synced})
+        return EXIT_OK
+    if report.created:
+        console.say(f"Initialized {TRACKING_TABLE} in {report.database}")
+    elif not report.synced:
+        console.say(f"{TRACKING_TABLE} already exists in {report.database}; nothing to do")
+    console.show_synced(report)
+    return EXIT_OK
 
-    def on_applied(index: int, total: int, migration: Migration, duration_ms: float) -> None:
-        applied.append({"version": migration.version, "name": migration.name,
-                        "file": migration.path, "duration_ms": round(duration_ms, 3)})
-        note = " (dry run)" if args.dry_run else ""
-        console.say(f"[{index}/{total}] {migration.name} {console.ellipsis}"
-                    f" {format_ms(duration_ms)}{note}")
 
-    def on_backup(path: str) -> None:
-        console.partial["backup"] = path
-        console.say(f"Backed up {migrator.db_path} to {path}")
+def cmd_status(options: Options, console: Console) -> int:
+    with _migrator(options, console) as migrator:
+        states = migrator.status()
+        _warn_all(console, migrator)
+        exists = options.remote is not None or os.path.exists(options.db_path)
+        counts = console.show_status(migrator.database, exists, migrator.migrations_dir, states)
+    if options.exit_code and (counts["pending"] or counts["modified"] or counts["missing"]):
+        return EXIT_FAILED
+    return EXIT_OK
 
-    failure: Optional[MigrationError] = None
-    with migrator:
-        migrations = migrator.migrations()
+
+def cmd_apply(options: Options, console: Console) -> int:
+    _make_state_folder(options)
+    with _migrator(options, console) as migrator, _stop_on_signals(migrator):
         _warn_all(console, migrator)
         try:
-            with _stop_on_signals(migrator):
-                result = migrator.apply(
-                    target=args.target,
-                    allow_out_of_order=args.allow_out_of_order,
-                    single_transaction=args.single_transaction,
-                    dry_run=args.dry_run,
-                    backup=args.backup is not None,
-                    backup_path=args.backup or None,
-                    on_applied=on_applied,
-                    on_backup=on_backup,
-                )
+            report = migrator.apply(
+                options.target, allow_out_of_order=options.allow_out_of_order,
+                single_transaction=options.single_transaction, dry_run=options.dry_run,
+                backup=options.backup)
         except MigrationError as exc:
-            failure = exc
-    rows: List[List[object]] = [[a["version"], a["name"], verb, format_ms(a["duration_ms"])]
-                                for a in applied]  # type: ignore[arg-type]
-    if failure is not None:
-        if args.dry_run or args.single_transaction:
-            # One transaction held the run: what ran in it was rolled back too.
-            rows = [[r[0], r[1], "rolled back", r[3]] for r in rows]
-        if args.single_transaction and not args.dry_run:
-            # (A dry run's list stays: what a real run would have applied.)
-            console.partial["rolled_back"] = applied[:]
-            applied.clear()
-        name = getattr(failure, "name", None) or getattr(failure, "current", None) or ""
-        rows.append(["", name, "FAILED", str(failure)])
-        console.step_summary(f"Migrations on {migrator.db_path}: failed", 
-                             ["Version", "Name", "Result", "Duration"], rows)
-        raise failure
-    done = result.applied
-    _say_synced(console, migrator)
-    console.step_summary(
-        f"Migrations on {migrator.db_path}: {_plural(len(done), 'migration')} {verb}",
-        ["Version", "Name", "Result", "Duration"], rows)
-    if console.json:
-        console.emit({**console.partial, "error": None})
-    elif not done:
-        console.say(f"Nothing to apply: {migrator.db_path} is up to date"
-                    f" ({_plural(len(migrations), 'migration')} in {migrator.migrations_dir}).")
-    elif args.dry_run:
-        console.say(f"Dry run: {_plural(len(done), 'migration')} would apply cleanly to"
-                    f" {migrator.db_path}; nothing was changed.")
-    else:
-        mode = " in one transaction" if args.single_transaction else ""
-        total_ms = (time.perf_counter() - started) * 1000
-        console.say(f"Applied {_plural(len(done), 'migration')}{mode} to {migrator.db_path}"
-                    f" in {format_ms(total_ms)}.")
+            if exc.report is not None:
+                console.show_apply(exc.report)
+            raise
+    console.show_apply(report)
     return EXIT_OK
 
 
-def cmd_rollback(args: argparse.Namespace, console: Console) -> int:
-    with _make_migrator(args, console) as migrator, _stop_on_signals(migrator):
-        result = migrator.rollback(args.version, force=args.force)
-    name = result.row.name
-    if console.json:
-        console.emit({
-            "database": migrator.db_path,
-            "rolled_back": {"version": result.row.version, "name": name},
-            "down_script": result.down_path,
-            "statements": result.statements,
-            "schema_changed": result.down_path is not None,
-        })
-    elif result.down_path:
-        console.say(f"Rolled back {name}: ran {result.down_path}"
-                    f" ({_plural(result.statements, 'statement')}) and removed its record.")
-    else:
-        console.say(f"Rolled back {name}: removed its record only. There is no down script"
-                    f" at {os.path.join(migrator.migrations_dir, DOWN_DIR, name + '.sql')},"
-                    " so the schema was NOT changed.")
+def cmd_rollback(options: Options, console: Console) -> int:
+    with _migrator(options, console) as migrator, _stop_on_signals(migrator):
+        report = migrator.rollback(options.version, force=options.force)
+    console.show_rollback(report, options.migrations_dir)
     return EXIT_OK
 
 
-def cmd_check(args: argparse.Namespace, console: Console) -> int:
-    migrations_dir = resolve_migrations_dir(args)
-    migrations, findings = check_folder(migrations_dir)
+def cmd_check(options: Options, console: Console) -> int:
+    migrations, findings = check_folder(options.migrations_dir)
     database = None
-    if args.db_path or args.env:
-        args.env = args.env or "dev"
-        migrator = _make_migrator(args, console)
-        database = migrator.db_path
-        migrator._migrations = migrations
-        with migrator:
-            for s in migrator.status():
+    if options.check_database:
+        with _migrator(options, console) as migrator:
+            database = migrator.database
+            for s in migrator.status(migrations):
                 if s.state == "modified":
                     findings.append(Finding(
                         "error", s.path or s.name, None, "modified",
                         f"applied to {database} on {s.applied_at}, changed since; restore"
                         " it and put the change in a new migration"))
     findings.sort(key=lambda f: (f.path, f.line or 0))
-    errors = sum(1 for f in findings if f.severity == "error")
-    warnings = len(findings) - errors
-    if console.json:
-        console.emit({
-            "migrations_dir": migrations_dir,
-            "database": database,
-            "findings": [f._asdict() for f in findings],
-            "summary": {"files": len(migrations), "errors": errors, "warnings": warnings},
-        })
-    for f in findings:
-        where = f"{f.path}:{f.line}" if f.line else f.path
-        color = "31" if f.severity == "error" else "33"
-        console.say(f"{where}: {console.paint(f.severity, color)}: {f.message} [{f.code}]")
-        if console.github:
-            console.workflow_command(f.severity, f.message, f.path, f.line,
-                                     f"D1 check ({f.code})")
-    console.say(f"{_plural(len(migrations), 'migration')} checked: {_plural(errors, 'error')},"
-                f" {_plural(warnings, 'warning')}.")
+    errors = console.show_check(options.migrations_dir, database, len(migrations), findings)
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -2752,20 +3433,17 @@ def slugify(description: str) -> str:
     return re.sub(r"[\W_]+", "_", description.lower()).strip("_")
 
 
-def cmd_new(args: argparse.Namespace, console: Console) -> int:
-    description = " ".join(args.description).strip()
+def cmd_new(options: Options, console: Console) -> int:
+    description = options.description
     slug = slugify(description)
     if not slug:
         raise ConfigurationError(
-            f"new: the description {description!r} has no letters or digits to name the file"
-        )
-    folder = resolve_migrations_dir(args)
+            f"new: the description {description!r} has no letters or digits to name the file")
+    folder = options.migrations_dir
     if os.path.isdir(folder):
         # Every number in front of a .sql file counts, also of a misnamed or
         # duplicate one: a number is never reused.
-        numbers = [int(match.group(1)) for match in
-                   (re.match(r"([0-9]+)", name) for name in os.listdir(folder)
-                    if name.lower().endswith(".sql")) if match]
+        numbers = scan_folder(folder).numbers
     else:
         try:
             os.makedirs(folder)
@@ -2787,10 +3465,8 @@ def cmd_new(args: argparse.Namespace, console: Console) -> int:
             f"Cannot create {path}: {exc.strerror}; use a shorter description") from None
     if console.json:
         console.emit({"file": path, "version": number, "name": f"{number}_{slug}"})
-    elif console.quiet:
-        pass
-    else:
-        print(path)
+    elif not console.quiet:
+        console._write(path + "\n")
     return EXIT_OK
 
 
@@ -2802,29 +3478,7 @@ class UsageError(SystemExit):
         super().__init__(EXIT_USAGE)
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, sized as shutil.get_terminal_size would size it,
-    without importing shutil: argparse builds a formatter for every option
-    it adds, and shutil brings the compression modules along on every run."""
-
-    def __init__(self, prog: str, **options) -> None:
-        if options.get("width") is None:
-            try:
-                columns = int(os.environ["COLUMNS"])
-            except (KeyError, ValueError):
-                try:
-                    columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-                except (AttributeError, ValueError, OSError):
-                    columns = 80
-            options["width"] = columns - 2
-        super().__init__(prog, **options)
-
-
 class ArgumentParser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-
     def error(self, message: str):  # type: ignore[override]
         self.print_usage(sys.stderr)
         text = f"{self.prog}: error: {message}"
@@ -2833,10 +3487,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # argparse's own words stay English, as the tool's are: each of its
-    # gettext lookups would import locale and search the disk for catalogs
-    # that CPython does not ship, about 2 ms of every start.
-    argparse._ = str  # type: ignore[attr-defined]
     output = ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout and nothing else there")
@@ -2918,7 +3568,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="apply all pending migrations in one transaction: all or nothing")
     apply.add_argument("--dry-run", action="store_true",
                        help="run the pending migrations in a transaction that is rolled back")
-    apply.add_argument("--backup", metavar="PATH", nargs="?", const="",
+    apply.add_argument("--backup", metavar="PATH", nargs="?", const=True,
                        help="copy the database first (default: beside it, with a UTC"
                             " timestamp in the name)")
     apply.add_argument("--foreign-keys", action="store_true",
@@ -2967,14 +3617,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
         if isinstance(exc, UsageError) and "--json" in (sys.argv[1:] if argv is None else argv):
             # Scripts asked for JSON: give them the error as an object too.
-            Console(argparse.Namespace(json=True)).emit(
-                {"error": error_payload(ConfigurationError(exc.message))})
+            console = Console(json=True)
+            console.emit({"error": console.error_payload(ConfigurationError(exc.message))})
         return code
-    console = Console(args)
+    values = vars(args)
+    if isinstance(values.get("description"), list):
+        values["description"] = " ".join(values["description"]).strip()
+    console = Console(json=args.json, quiet=args.quiet, verbose=args.verbose)
     try:
         try:
-            check_wrangler_options(args)
-            return args.handler(args, console)
+            code = args.handler(resolve_options(values, os.environ), console)
         except sqlite3.Error as exc:
             raise MigrationError(
                 f"SQLite error: {exc} (rerun with --verbose for a traceback)") from exc
@@ -2982,17 +3634,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         if console.verbose:
             import traceback
             traceback.print_exc()
-        console.error(exc)
-        return exc.exit_code
+        report = exc.report
+        console.error(exc, console.apply_payload(report)
+                      if report is not None and report.action == "apply" else None)
+        code = exc.exit_code
     except KeyboardInterrupt:
-        print("Interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        console._write("Interrupted\n", True)
+        code = EXIT_INTERRUPTED
+    if console.lost is not None:
+        console._write(f"Error: Cannot write to standard output ({console.lost}); the command"
+                       f" ran to its end{'' if code else ' and succeeded'}, but its output is"
+                       " lost\n", True)
+        _detach_stdout()
+        code = code or EXIT_FAILED
+    return code
+
+
+def _detach_stdout() -> None:
+    """Point stdout at the null device, so that Python's final flush of a
+    broken pipe prints no traceback (as Python's documentation advises)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BrokenPipeError:
-        # `apply_migrations.py status | head` must not end in a traceback.
-        sys.stderr.close()
-        sys.exit(EXIT_FAILED)
+    sys.exit(main())

@@ -13,25 +13,9 @@ import re
 import sqlite3
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
-import pytest
 from hypothesis import strategies as st
 
 import apply_migrations
-
-
-@pytest.fixture(autouse=True, scope="module",
-                params=["complete_statement first", "scanner alone"])
-def both_splitter_paths(request):
-    """Run a splitter test module twice.  split_sql first asks SQLite's
-    complete_statement about the next few ';' of each statement and leaves
-    the rest (no ';', too many ';', every error) to its own scanner; the
-    second run turns that shortcut off, so the scanner meets every case too.
-    A module that imports this fixture gets it."""
-    saved = apply_migrations._COMPLETE_TRIES
-    if request.param == "scanner alone":
-        apply_migrations._COMPLETE_TRIES = 0
-    yield request.param
-    apply_migrations._COMPLETE_TRIES = saved
 
 
 SPLIT_REASONS = frozenset(

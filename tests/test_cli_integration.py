@@ -40,7 +40,8 @@ STATUS_MIGRATION_KEYS = {"version", "name", "file", "state", "checksum", "applie
                          "duration_ms"}
 SUMMARY_KEYS = {"applied", "pending", "modified", "missing", "total"}
 ERROR_KEYS = {"type", "message", "migration", "file", "line", "statement", "sql", "exit_code"}
-APPLY_KEYS = {"database", "migrations_dir", "dry_run", "single_transaction", "applied", "error"}
+APPLY_KEYS = {"database", "migrations_dir", "dry_run", "single_transaction", "applied",
+              "outcomes", "error"}
 APPLIED_ITEM_KEYS = {"version", "name", "file", "duration_ms"}
 
 
@@ -430,6 +431,8 @@ def test_apply_json_success(project, run_subprocess, write_migration):
     assert [(a["version"], a["name"], a["file"]) for a in payload["applied"]] == [
         ("0001", "0001_a", "migrations/0001_a.sql"), ("0002", "0002_b", "migrations/0002_b.sql")]
     assert all(isinstance(a["duration_ms"], (int, float)) for a in payload["applied"])
+    assert [(o["name"], o["result"]) for o in payload["outcomes"]] == [
+        ("0001_a", "applied"), ("0002_b", "applied")]
     # nothing left: an empty list
     code, out, err = run_subprocess(["apply", "--json"])
     assert code == 0, err
@@ -442,6 +445,8 @@ def test_apply_json_failure(project, run_subprocess, failing):
     payload = parse_json(out)
     assert set(payload) == APPLY_KEYS
     assert [a["name"] for a in payload["applied"]] == ["0001_ok"]
+    assert [(o["name"], o["result"]) for o in payload["outcomes"]] == [
+        ("0001_ok", "applied"), ("0002_x", "failed")]
     error = payload["error"]
     assert set(error) == ERROR_KEYS
     assert error["type"] == "MigrationFailed"
@@ -466,6 +471,7 @@ def test_rollback_json(project, run_subprocess, write_migration):
     assert code == 0, err
     assert parse_json(out) == {
         "database": DB, "rolled_back": {"version": "0002", "name": "0002_b"},
+        "result": "rolled back",
         "down_script": os.path.join("migrations", "down", "0002_b.sql"),
         "statements": 2, "schema_changed": True}
     assert tables(project / DB) == ["a", "schema_migrations"]
@@ -473,7 +479,7 @@ def test_rollback_json(project, run_subprocess, write_migration):
     assert code == 0, err
     assert parse_json(out) == {
         "database": DB, "rolled_back": {"version": "0001", "name": "0001_a"},
-        "down_script": None, "statements": 0, "schema_changed": False}
+        "result": "rolled back", "down_script": None, "statements": 0, "schema_changed": False}
     code, out, err = run_subprocess(["rollback", "--json"])
     assert code == 1
     payload = parse_json(out)
@@ -993,7 +999,7 @@ def test_github_step_summary_on_failure(project, tmp_path, run_subprocess, faili
     assert code == 1
     table = markdown_tables(summary.read_text(encoding="utf-8"))[0]
     assert table[2].startswith("| 0001 | 0001_ok | applied | ")
-    assert table[3].startswith("|  | 0002_x | FAILED | Failed to apply migration 0002_x")
+    assert table[3].startswith("| 0002 | 0002_x | FAILED | Failed to apply migration 0002_x")
     assert len(table) == 4
 
 

@@ -812,16 +812,21 @@ def test_rollback_503_after_d1_committed(write_migration, remote_inproc, d1: D1A
     assert not d1.has_table("tags")
 
 
-def test_rollback_503_before_d1_ran_it_reports_failure(write_migration, remote_inproc,
-                                                       d1: D1Api, proxy: FaultProxy):
+def test_rollback_503_before_d1_ran_it_is_sent_again(write_migration, remote_inproc,
+                                                     d1: D1Api, proxy: FaultProxy):
+    """As a migration's batch: the record says D1 did not run it, so it is
+    sent again (once more), and rolls back."""
     write_migration("0001_items.sql", M1)
     assert remote_inproc("apply")[0] == 0
     proxy.fault(lambda kind, body: kind == "query" and any(
         e["sql"].startswith(TRACKING_DELETE) for e in body.get("batch", [])), "503-before")
     code, out, err = remote_inproc("rollback", "--http-retries", "2")
-    assert code == 1
-    assert_one_line_error(err, "503")
-    assert [v for v, _ in d1.tracking()] == ["0001"]
+    assert code == 0, err
+    assert "Rolled back 0001_items: removed its record only" in out
+    assert d1.tracking() == []
+    deletes = [r for r in proxy.requests if r["kind"] == "query" and any(
+        e["sql"].startswith(TRACKING_DELETE) for e in r["body"].get("batch", []))]
+    assert [r["action"] for r in deletes] == ["503-before", "forward"]
 
 
 def test_connection_refused_is_one_line_error_after_retries(write_migration, run_subprocess):

@@ -305,14 +305,15 @@ def test_migrations_another_process_applied_meanwhile_are_skipped(project, run_s
     db = project / DB
     other: List[Tuple[int, str, str]] = []
 
-    def on_applied(index: int, total: int, migration, duration_ms: float) -> None:
-        if index == 1:
+    def on_outcome(outcome) -> None:
+        if outcome.index == 1:
             other.append(run_subprocess(["apply", "-q"]))
 
-    with apply_migrations.Migrator(str(db), str(folder)) as migrator:
-        result = migrator.apply(on_applied=on_applied)
+    with apply_migrations.Migrator(str(db), str(folder), on_outcome=on_outcome) as migrator:
+        report = migrator.apply()
     assert other and other[0][0] == 0, other
-    assert [m.name for m in result.applied] == ["0001_t0001"]
+    assert [o.name for o in report.applied] == ["0001_t0001"]
+    assert [o.result for o in report.outcomes] == ["applied", "skipped", "skipped", "skipped"]
     assert_each_applied_once(db, folder, 4)
 
 

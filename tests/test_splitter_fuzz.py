@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 import apply_migrations
 from apply_migrations import Statement, split_sql
 
-from _splitter_support import (  # noqa: F401 (both_splitter_paths: autouse)
-    both_splitter_paths,
+from _splitter_support import (
     Script,
     assert_same_execution,
     check_split,

@@ -290,7 +290,11 @@ def test_several_databases_need_database(tmp_path):
     with pytest.raises(apply_migrations.ConfigurationError) as info:
         apply_migrations.wrangler_database(str(config))
     assert "several D1 databases (DB, ANALYTICS)" in str(info.value)
-    assert "--database" in str(info.value)
+    # The setting is named as the caller knows it: `database` in Python,
+    # `--database` on the command line.
+    assert info.value.options == ["database"]
+    assert "choose one with database" in str(info.value)
+    assert "--database" in info.value.message(apply_migrations.cli_spelling)
     # By binding and by database_name, as wrangler's commands take either.
     for name in ("ANALYTICS", "analytics-db"):
         found = apply_migrations.wrangler_database(str(config), name)
