@@ -689,7 +689,8 @@ def scan_folder(folder: str) -> FolderScan:
         raise ConfigurationError(
             f"The migrations folder is an empty string; pass {_opt('migrations_dir')}")
     try:
-        names = sorted(os.listdir(folder))
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
     except FileNotFoundError:
         raise ConfigurationError(
             f"Migrations folder {folder} does not exist;"
@@ -709,14 +710,17 @@ def scan_folder(folder: str) -> FolderScan:
     def find(code: str, path: str, message: str) -> None:
         findings.append(Finding("error", path, None, code, message))
 
-    for name in names:
+    for entry in entries:
+        name = entry.name
         if not name.lower().endswith(".sql"):
             continue
         path = os.path.join(folder, name)
         leading = _LEADING_NUMBER.match(name)
         if leading:
             numbers.append(int(leading.group()))
-        problem = _not_a_file(path)
+        # is_file() needs no system call for a plain file (the folder's
+        # listing says what each entry is); the rest is looked at closely.
+        problem = None if _is_file(entry) else _not_a_file(path)
         if problem:
             find(*problem)
             continue
@@ -742,6 +746,13 @@ def scan_folder(folder: str) -> FolderScan:
         migrations.append(migration)
     migrations.sort(key=lambda m: m.number)
     return FolderScan(folder, migrations, findings, numbers)
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _not_a_file(path: str) -> Optional["tuple[str, str, str]"]:
