@@ -1651,41 +1651,28 @@ def _describe_statement(name: str, number: int, statement: Statement, seconds: f
     return f"{name} statement {number} (line {statement.line}): {format_ms(seconds * 1000)}  {text}"
 
 
-class SQLiteTarget(Target):
-    """A local SQLite database file (wrangler's local D1 file included).
+class _SQLiteConnection:
+    """One connection to a SQLite file, with the tool's own transactions
+    (isolation_level=None: BEGIN IMMEDIATE, COMMIT and ROLLBACK are issued
+    here), waits for locks that a Ctrl-C can end, and the stop flag that
+    SQLite's progress handler acts on.  What SQLiteTarget runs on."""
 
-    Transactions are the tool's own (isolation_level=None, explicit BEGIN
-    IMMEDIATE, COMMIT and ROLLBACK): a step and its bookkeeping commit
-    together, and any failure, Ctrl-C included, rolls both back before the
-    exception leaves.  Output goes only through the optional callbacks:
-    ``log`` gets one line per statement with its timing,
-    ``on_slow_statement`` is called a few times a second while one statement
-    has run longer than two seconds.
-    """
-
-    def __init__(self, path: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-                 foreign_keys: bool = False,
-                 log: Optional[Callable[[str], None]] = None,
-                 on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None):
-        self.path = self.name = path
-        self.lock_timeout = check_seconds("lock_timeout", lock_timeout)
+    def __init__(self, path: str, lock_timeout: float, foreign_keys: bool,
+                 on_slow_statement: Optional[Callable[[str, int, int, float], None]]):
+        self.path = path
+        self.lock_timeout = lock_timeout
         self.foreign_keys = foreign_keys
-        self.log = log
         self.on_slow_statement = on_slow_statement
-        self._conn: Optional[sqlite3.Connection] = None
-        self._stop_signal: Optional[int] = None
-        self._seen_version: Optional[int] = None  # data_version when the record was read
-        self._capture = True
-        self._foreign_keys_default = 0
-        self._orphans_checked = False
+        self.conn: Optional[sqlite3.Connection] = None
+        self.stop_signal: Optional[int] = None
+        self.foreign_keys_default = 0  # the connection's setting, restored after a hoisted PRAGMA
         # What the progress handler reports while a statement runs long.
-        self._running: Optional[tuple] = None
-        self._next_tick = 0.0
-
-    # -- the interface ------------------------------------------------------
+        self.running: Optional[tuple] = None
+        self.next_tick = 0.0
 
     def open(self, mode: str) -> bool:
-        if self._conn is not None:
+        """As Target.open."""
+        if self.conn is not None:
             return True
         path = self.path
         if not path:
@@ -1697,84 +1684,236 @@ class SQLiteTarget(Target):
             return False
         # Also for a dry run's stand-in: a real run would stop here.
         folder = os.path.dirname(os.path.abspath(path))
+        shown = os.path.dirname(path) or folder
         if not os.path.isdir(folder):
-            raise DatabaseConnectError(
-                f"the folder {os.path.dirname(path) or folder} of database {path} does not exist")
+            raise DatabaseConnectError(f"the folder {shown} of database {path} does not exist")
         if mode == "dry-run" and not exists:
             if not os.access(folder, os.W_OK | os.X_OK):
-                raise DatabaseConnectError(
-                    f"cannot create {path}: its folder {os.path.dirname(path) or folder}"
-                    " is not writable")
-            target, uri = ":memory:", False
-        else:
-            # Read-write, which never creates the database, where read-only
-            # would leave something behind: a journal left by a crash must be
-            # rolled back before anything can be read; and reading a WAL
-            # database creates -wal and -shm files, which only a read-write
-            # connection removes when it closes last.  Either way only reads
-            # are issued.
-            readonly = mode == "read"
-            leaves_files = readonly and (
-                os.path.exists(path + "-journal")
-                or (_in_wal_mode(path) and not os.path.exists(path + "-wal")))
-            target = _sqlite_uri(path, "rw" if leaves_files or mode == "change"
-                                 else "ro" if readonly else "rwc")
-            uri = True
-        self._conn = self._connect(target, uri, readonly=mode == "read")
+                raise DatabaseConnectError(f"cannot create {path}: its folder {shown} is not"
+                                           " writable")
+            self.conn = self._connect(":memory:", uri=False, readonly=False)
+            return True
+        # Read-write, which never creates the database, where read-only would
+        # leave something behind: a journal left by a crash must be rolled
+        # back before anything can be read; and reading a WAL database
+        # creates -wal and -shm files, which only a read-write connection
+        # removes when it closes last.  Either way only reads are issued.
+        readonly = mode == "read"
+        leaves_files = readonly and (
+            os.path.exists(path + "-journal")
+            or (_in_wal_mode(path) and not os.path.exists(path + "-wal")))
+        uri_mode = "rw" if leaves_files or mode == "change" else "ro" if readonly else "rwc"
+        self.conn = self._connect(_sqlite_uri(path, uri_mode), uri=True, readonly=readonly)
         return True
 
+    def _connect(self, target: str, uri: bool, readonly: bool) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                target, uri=uri,
+                isolation_level=None,  # BEGIN, COMMIT and ROLLBACK are ours
+                timeout=self.lock_timeout, check_same_thread=False,
+                cached_statements=0)  # migration statements run once each
+        except sqlite3.Error as exc:
+            raise DatabaseConnectError(f"cannot open {self.path} ({exc})") from None
+        try:
+            # Waits for a lock happen in wait_for_lock, where Ctrl-C is
+            # noticed: SQLite's own wait would hold it until the wait ends.
+            busy_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            conn.execute("PRAGMA busy_timeout = 0")
+            # Reading the schema surfaces "file is not a database" here, once,
+            # instead of in the middle of a command.
+            self.wait_for_lock("SELECT count(*) FROM sqlite_master", conn=conn)
+            if self.foreign_keys and not readonly:
+                conn.execute("PRAGMA foreign_keys = ON")
+            self.foreign_keys_default = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+            if readonly:
+                # A reader's few short queries after this one wait as SQLite
+                # waits, up to lock_timeout.
+                conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _describe_sqlite_error(exc, self.path) or DatabaseConnectError(
+                f"cannot read {self.path} ({exc})") from None
+        except BaseException:
+            conn.close()
+            raise
+        conn.set_progress_handler(self._progress, PROGRESS_STEPS)
+        return conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def begin(self) -> None:
+        """BEGIN IMMEDIATE: the write lock, so that what is read inside cannot
+        change before this transaction ends."""
+        self.wait_for_lock("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.wait_for_lock("COMMIT")
+
+    def abandon(self) -> None:
+        """Roll back whatever is open (a library caller's connection must not
+        stay inside a transaction after an error)."""
+        if self.conn is not None and self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite has rolled back already (an I/O error, say)
+
+    def data_version(self) -> int:
+        # A read of the file header: outside a transaction it can meet a
+        # writer's lock like any read.
+        return self.wait_for_lock("PRAGMA data_version").fetchone()[0]
+
+    def wait_for_lock(self, sql: str, params: Sequence[object] = (),
+                      conn: Optional[sqlite3.Connection] = None) -> sqlite3.Cursor:
+        """The statements that wait for other connections: BEGIN IMMEDIATE
+        and COMMIT (a writer; readers finishing) and reads outside a
+        transaction (a writer committing), retried for up to lock_timeout in
+        short steps.  The connection has no busy timeout of its own: SQLite's
+        wait would hold a Ctrl-C until it ends, this one notices it within
+        milliseconds.  (Inside the write lock nothing else waits: SQLite does
+        not fail a statement whose cache spill finds readers, it keeps the
+        pages in memory.)"""
+        execute = (conn or self.conn).execute  # type: ignore[union-attr]
+        deadline: Optional[float] = None
+        pause = 0.001
+        while True:
+            try:
+                return execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise _describe_sqlite_error(exc, self.path) or exc from None
+            if deadline is None:
+                deadline = time.monotonic() + self.lock_timeout
+            if self.stop_signal is not None:
+                raise _Stop(self.stop_signal, None)
+            if time.monotonic() >= deadline:
+                raise self.lock_timeout_error()
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.05)
+
+    def lock_timeout_error(self) -> DatabaseWriteError:
+        return DatabaseWriteError(
+            f"Database {self.path} stayed locked by another process for"
+            f" {self.lock_timeout:g} s ({_opt('lock_timeout')}); nothing of the current"
+            " migration was kept. Retry when the other migration run or program has finished.")
+
+    def admin(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        """Run the tool's own SQL; database-level failures become one clear error."""
+        try:
+            return self.conn.execute(sql, params)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            if self.stop_signal is not None:
+                raise _Stop(self.stop_signal, "rolled back") from None
+            described = _describe_sqlite_error(exc, self.path)
+            if described is None:
+                raise
+            if "locked" in str(exc):
+                described = self.lock_timeout_error()
+            raise described from None
+
+    def request_stop(self, signum: int) -> None:
+        """Only takes note: a running statement is aborted by SQLite's
+        progress handler, and the loops check between statements.  Later
+        signals change nothing."""
+        if self.stop_signal is None:
+            self.stop_signal = signum
+
+    def _progress(self) -> bool:
+        """SQLite's progress handler: True aborts the running statement."""
+        if self.stop_signal is not None:
+            return True
+        if self.running is not None and self.on_slow_statement is not None:
+            now = time.perf_counter()
+            if now >= self.next_tick:
+                self.next_tick = now + 0.25
+                name, number, line, started = self.running
+                self.on_slow_statement(name, number, line, now - started)
+        return False
+
+
+class SQLiteTarget(Target):
+    """A local SQLite database file (wrangler's local D1 file included).
+
+    A step and its bookkeeping commit together, and any failure, Ctrl-C
+    included, rolls both back before the exception leaves.  Output goes
+    only through the optional callbacks: ``log`` gets one line per
+    statement with its timing, ``on_slow_statement`` is called a few times
+    a second while one statement has run longer than two seconds.
+    """
+
+    def __init__(self, path: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                 foreign_keys: bool = False,
+                 log: Optional[Callable[[str], None]] = None,
+                 on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None):
+        self.path = self.name = path
+        self.foreign_keys = foreign_keys
+        self.log = log
+        self.db = _SQLiteConnection(path, check_seconds("lock_timeout", lock_timeout),
+                                    foreign_keys, on_slow_statement)
+        self._seen_version: Optional[int] = None  # data_version when the record was read
+        self._capture = True
+        self._orphans_checked = False
+
+    # -- the interface ------------------------------------------------------
+
+    def open(self, mode: str) -> bool:
+        return self.db.open(mode)
+
     def query(self, sql: str, params: tuple = ()) -> List[tuple]:
-        conn = self._conn
-        if self._capture and not conn.in_transaction:  # type: ignore[union-attr]
+        if self._capture and not self.db.conn.in_transaction:  # type: ignore[union-attr]
             # The first read since our last write: what run() compares with
             # to learn whether another process wrote since (data_version
             # changes only with other connections' commits).
-            self._seen_version = self._data_version()
+            self._seen_version = self.db.data_version()
             self._capture = False
-        return self._wait_for_lock(sql, params=params).fetchall()
+        return self.db.wait_for_lock(sql, params).fetchall()
 
     def ensure(self, entries: List[Entry]) -> None:
-        self._begin()
+        self.db.begin()
         try:
             for sql, params in entries:
-                self._admin(sql, params)
-            self._wait_for_lock("COMMIT")
+                self.db.admin(sql, params)
+            self.db.commit()
         except BaseException:
-            self._abandon()
+            self.db.abandon()
             raise
         self._capture = True
 
     def run(self, step: Step) -> Optional[float]:
         with self._pragmas_first(step) as hoisted:
-            self._begin()
+            self.db.begin()
             try:
                 self._check_orphans(step)
                 # Another process wrote since the engine read the record:
                 # follow what it did.
-                if self._data_version() != self._seen_version and step.settled():
-                    self._abandon()
+                if self.db.data_version() != self._seen_version and step.settled():
+                    self.db.abandon()
                     return None
                 started = time.perf_counter()
                 self._execute(step, step.statements[hoisted:])
                 duration_ms = self._finish_step(step, started)
                 try:
-                    self._wait_for_lock("COMMIT")
+                    self.db.commit()
                 except sqlite3.Error as exc:
                     raise MigrationFailed(step.name, step.path,
                                           f"{exc} at COMMIT; it was rolled back",
                                           action=step.action) from exc
             except BaseException:
-                self._abandon()
+                self.db.abandon()
                 raise
         self._capture = True
         return duration_ms
 
     def run_all(self, ensure: List[Entry], plan: Callable[[], List[Step]], commit: bool,
                 on_ran: Callable[[Step, float], None]) -> None:
-        self._begin()
+        self.db.begin()
         try:
             for sql, params in ensure:
-                self._admin(sql, params)
+                self.db.admin(sql, params)
             steps = plan()
             if not self.foreign_keys:
                 self._refuse_hoisting(steps, "single_transaction" if commit else "dry_run")
@@ -1783,34 +1922,27 @@ class SQLiteTarget(Target):
                 started = time.perf_counter()
                 self._execute(step, step.statements)
                 on_ran(step, self._finish_step(step, started))
-            if self._stop_signal is not None:
-                raise _Stop(self._stop_signal, "rolled back")
+            if self.db.stop_signal is not None:
+                raise _Stop(self.db.stop_signal, "rolled back")
             if not commit:
-                self._abandon()
+                self.db.abandon()
                 return
             try:
-                self._wait_for_lock("COMMIT")
+                self.db.commit()
             except sqlite3.Error as exc:
                 raise MigrationError(
                     f"Failed to commit the run to {self.path}: {exc} at COMMIT; rolled back the"
                     f" whole run ({_opt('single_transaction')}): nothing was applied") from exc
         except BaseException:
-            self._abandon()
+            self.db.abandon()
             raise
 
     def request_stop(self, signum: int) -> None:
-        """Only takes note: a running statement is aborted by SQLite's
-        progress handler, and the loops check between statements, so the
-        step in progress is rolled back and one that has committed stays.
-        Later signals change nothing."""
-        if self._stop_signal is None:
-            self._stop_signal = signum
+        self.db.request_stop(signum)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-            self._orphans_checked = False
+        self.db.close()
+        self._orphans_checked = False
 
     def backup(self, path: Optional[str] = None) -> str:
         """Copy the database with SQLite's online backup API (not inside a
@@ -1832,7 +1964,7 @@ class SQLiteTarget(Target):
         try:
             copy = sqlite3.connect(path)
             try:
-                self._conn.backup(copy)  # type: ignore[union-attr]
+                self.db.conn.backup(copy)  # type: ignore[union-attr]
             finally:
                 copy.close()
         except (sqlite3.Error, OSError) as exc:
@@ -1842,142 +1974,39 @@ class SQLiteTarget(Target):
                 f"Backup of {self.path} to {path} failed ({exc}); nothing was applied") from None
         return path
 
-    # -- connection, locks and transactions ---------------------------------
-
-    def _connect(self, target: str, uri: bool, readonly: bool) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(
-                target, uri=uri,
-                isolation_level=None,  # BEGIN, COMMIT and ROLLBACK are ours
-                timeout=self.lock_timeout, check_same_thread=False,
-                cached_statements=0)  # migration statements run once each
-        except sqlite3.Error as exc:
-            raise DatabaseConnectError(f"cannot open {self.path} ({exc})") from None
-        try:
-            # Waits for a lock happen in _wait_for_lock, where Ctrl-C is
-            # noticed: SQLite's own wait would hold it until the wait ends.
-            busy_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-            conn.execute("PRAGMA busy_timeout = 0")
-            # Reading the schema surfaces "file is not a database" here, once,
-            # instead of in the middle of a command.
-            self._wait_for_lock("SELECT count(*) FROM sqlite_master", conn)
-            if self.foreign_keys and not readonly:
-                conn.execute("PRAGMA foreign_keys = ON")
-            self._foreign_keys_default = conn.execute("PRAGMA foreign_keys").fetchone()[0]
-            if readonly:
-                # A reader's few short queries after this one wait as SQLite
-                # waits, up to lock_timeout.
-                conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise _describe_sqlite_error(exc, self.path) or DatabaseConnectError(
-                f"cannot read {self.path} ({exc})") from None
-        except BaseException:
-            conn.close()
-            raise
-        conn.set_progress_handler(self._progress, PROGRESS_STEPS)
-        return conn
-
-    def _begin(self) -> None:
-        """BEGIN IMMEDIATE: the write lock, so that what is read inside cannot
-        change before this transaction ends."""
-        self._wait_for_lock("BEGIN IMMEDIATE")
-
-    def _abandon(self) -> None:
-        """Roll back whatever is open (a library caller's connection must not
-        stay inside a transaction after an error)."""
-        conn = self._conn
-        if conn is not None and conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # SQLite has rolled back already (an I/O error, say)
-
-    def _data_version(self) -> int:
-        # A read of the file header: outside a transaction it can meet a
-        # writer's lock like any read.
-        return self._wait_for_lock("PRAGMA data_version").fetchone()[0]
-
-    def _wait_for_lock(self, sql: str, conn: Optional[sqlite3.Connection] = None,
-                       params: Sequence[object] = ()) -> sqlite3.Cursor:
-        """The statements that wait for other connections: BEGIN IMMEDIATE
-        and COMMIT (a writer; readers finishing) and reads outside a
-        transaction (a writer committing), retried for up to lock_timeout in
-        short steps.  The connection has no busy timeout of its own: SQLite's
-        wait would hold a Ctrl-C until it ends, this one notices it within
-        milliseconds.  (Inside the write lock nothing else waits: SQLite does
-        not fail a statement whose cache spill finds readers, it keeps the
-        pages in memory.)"""
-        execute = (conn or self._conn).execute  # type: ignore[union-attr]
-        deadline: Optional[float] = None
-        pause = 0.001
-        while True:
-            try:
-                return execute(sql, params)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise _describe_sqlite_error(exc, self.path) or exc from None
-            if deadline is None:
-                deadline = time.monotonic() + self.lock_timeout
-            if self._stop_signal is not None:
-                raise _Stop(self._stop_signal, None)
-            if time.monotonic() >= deadline:
-                raise self._lock_timeout_error()
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.05)
-
-    def _lock_timeout_error(self) -> DatabaseWriteError:
-        return DatabaseWriteError(
-            f"Database {self.path} stayed locked by another process for"
-            f" {self.lock_timeout:g} s ({_opt('lock_timeout')}); nothing of the current"
-            " migration was kept. Retry when the other migration run or program has finished.")
-
-    def _admin(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
-        """Run the tool's own SQL; database-level failures become one clear error."""
-        try:
-            return self._conn.execute(sql, params)  # type: ignore[union-attr]
-        except sqlite3.Error as exc:
-            if self._stop_signal is not None:
-                raise _Stop(self._stop_signal, "rolled back") from None
-            described = _describe_sqlite_error(exc, self.path)
-            if described is None:
-                raise
-            if "locked" in str(exc):
-                described = self._lock_timeout_error()
-            raise described from None
-
-    # -- running statements ------------------------------------------------------
+    # -- running a step ------------------------------------------------------------
 
     def _execute(self, step: Step, statements: List[Tuple[int, Statement]]) -> None:
         """The statements of a step, each run to its last row (as
         executescript and D1 run them: a SELECT can fail on a later row)."""
-        execute = self._conn.cursor().execute  # type: ignore[union-attr]
+        db = self.db
+        execute = db.conn.cursor().execute  # type: ignore[union-attr]
         log = self.log
         number, statement = 0, None
         try:
             for number, statement in statements:
                 started = time.perf_counter()
-                self._running = (step.name, number, statement.line, started)
-                self._next_tick = started + SLOW_STATEMENT_SECONDS
+                db.running = (step.name, number, statement.line, started)
+                db.next_tick = started + SLOW_STATEMENT_SECONDS
                 for _ in execute(statement.sql):
                     pass
                 # Between statements too: a file of many short ones may never
                 # reach the progress handler.
-                if self._stop_signal is not None:
-                    raise _Stop(self._stop_signal, "rolled back")
+                if db.stop_signal is not None:
+                    raise _Stop(db.stop_signal, "rolled back")
                 if log is not None:
                     log(_describe_statement(step.name, number, statement,
                                             time.perf_counter() - started))
         except (sqlite3.Error, sqlite3.Warning, ValueError) as exc:
-            if self._stop_signal is not None:
-                raise _Stop(self._stop_signal, "rolled back") from None
+            if db.stop_signal is not None:
+                raise _Stop(db.stop_signal, "rolled back") from None
             described = _describe_sqlite_error(exc, self.path)
             reason = str(described) if isinstance(described, DatabaseWriteError) else str(exc)
             raise MigrationFailed(step.name, step.path, reason, number,
                                   statement.line, statement.sql,  # type: ignore[union-attr]
                                   action=step.action) from exc
         finally:
-            self._running = None
+            db.running = None
 
     def _finish_step(self, step: Step, started: float) -> float:
         """After a step's statements: check its foreign keys and write its
@@ -1991,7 +2020,7 @@ class SQLiteTarget(Target):
                     " (PRAGMA foreign_key_check; D1 enforces foreign keys)", action=step.action)
         duration_ms = (time.perf_counter() - started) * 1000.0
         for sql, params in step.record(duration_ms):
-            self._admin(sql, params)
+            self.db.admin(sql, params)
         return duration_ms
 
     @contextmanager
@@ -2006,8 +2035,8 @@ class SQLiteTarget(Target):
                 self._execute(step, step.statements[:hoisted])
             yield hoisted
         finally:
-            if hoisted and self._conn is not None:
-                self._conn.execute(f"PRAGMA foreign_keys = {self._foreign_keys_default}")
+            if hoisted and self.db.conn is not None:
+                self.db.conn.execute(f"PRAGMA foreign_keys = {self.db.foreign_keys_default}")
 
     @staticmethod
     def _refuse_hoisting(steps: List[Step], option: str) -> None:
@@ -2025,11 +2054,11 @@ class SQLiteTarget(Target):
     def _foreign_key_violations(self) -> Optional[str]:
         """PRAGMA foreign_key_check, as text for a message; None if clean."""
         try:
-            broken = self._admin("PRAGMA foreign_key_check").fetchall()
+            broken = self.db.admin("PRAGMA foreign_key_check").fetchall()
         except sqlite3.Error:
             # The progress handler aborts a long check on Ctrl-C.
-            if self._stop_signal is not None:
-                raise _Stop(self._stop_signal, "rolled back") from None
+            if self.db.stop_signal is not None:
+                raise _Stop(self.db.stop_signal, "rolled back") from None
             raise
         if not broken:
             return None
@@ -2050,18 +2079,6 @@ class SQLiteTarget(Target):
                 f" nowhere ({broken}); {_opt('foreign_keys')} checks after each migration,"
                 f" so fix these rows first. Nothing was {done}.")
         self._orphans_checked = True
-
-    def _progress(self) -> bool:
-        """SQLite's progress handler: True aborts the running statement."""
-        if self._stop_signal is not None:
-            return True
-        if self._running is not None and self.on_slow_statement is not None:
-            now = time.perf_counter()
-            if now >= self._next_tick:
-                self._next_tick = now + 0.25
-                name, number, line, started = self._running
-                self.on_slow_statement(name, number, line, now - started)
-        return False
 
 
 # ==========================================================================
@@ -2429,9 +2446,9 @@ class D1Target(Target):
 
 
 # ==========================================================================
-# 12. The engine: plans, prepares and runs migrations and rollbacks through a
-#     Target, written once for every target, and reports each outcome at
-#     one point (_report).
+# 12. The engine: plans and prepares migrations and rollbacks, and runs them
+#     through a Target, written once for every target.  A _Run reports each
+#     outcome at one point (_Run.report).
 # ==========================================================================
 
 
@@ -2452,6 +2469,71 @@ _FOREIGN_KEYS_PRAGMA = re.compile(
 _STOP_RESULTS = {"rolled back": INTERRUPTED, "unknown": UNKNOWN, "not sent": NOT_SENT}
 
 
+def plan_migrations(migrations: List[Migration], applied: Dict[int, AppliedRow],
+                    target: Optional[str] = None, allow_out_of_order: bool = False,
+                    done: str = "nothing was applied", folder: str = "the folder"
+                    ) -> List[Migration]:
+    """The migrations to apply, in order, after the checks that must pass
+    before any of them runs: nothing applied was modified, nothing pending is
+    numbered below what is applied, the target exists.  `done` says, in a
+    refusal, what the run has applied so far."""
+    modified = [m for m in migrations if m.number in applied
+                and applied[m.number].checksum not in ("", m.checksum)]
+    if modified:
+        raise MigrationFileError(
+            "Applied migrations were modified since they were applied:"
+            f" {', '.join(m.name for m in modified)}. {done[:1].upper() + done[1:]}. Restore"
+            " each file as it was applied (git checkout -- <file>) and put the"
+            " change in a new migration; `status` lists them as modified.")
+    pending = [m for m in migrations if m.number not in applied]
+    if target is not None:
+        chosen = find_migration(target, migrations)
+        if chosen is None:
+            raise ConfigurationError(
+                f"{_opt('target')} {target}: no migration in {folder} has that version or name")
+        pending = [m for m in pending if m.number <= chosen.number]
+    if pending and applied and not allow_out_of_order:
+        highest = max(applied.values(), key=lambda row: int(row.version))
+        early = [m for m in pending if m.number < int(highest.version)]
+        if early:
+            raise MigrationFileError(
+                f"Migration {early[0].name} is pending but {highest.name}, which has"
+                f" a higher number, is already applied; {done}. Renumber the new"
+                f" migration above it, or apply it anyway with {_opt('allow_out_of_order')}.")
+    return pending
+
+
+def prepare_statements(migration: Migration, action: str = "apply",
+                       d1_rules: bool = False) -> List[Tuple[int, Statement]]:
+    """A file's statements, numbered, ready to run: split, with transaction
+    control inside refused (and, for D1, what D1 would reject).  A file
+    wrapped whole in BEGIN ... COMMIT keeps its meaning: the two are dropped
+    and the rest runs in the tool's own transaction."""
+    statements = migration.statements(action)
+    numbered = list(enumerate(statements, 1))
+    if (len(statements) >= 2 and statements[0].keyword == "BEGIN"
+            and statements[-1].keyword in ("COMMIT", "END")):
+        numbered = numbered[1:-1]
+    nothing = "nothing was applied" if action == "apply" else "nothing was rolled back"
+    for number, statement in numbered:
+        if statement.keyword in TRANSACTION_KEYWORDS:
+            raise MigrationFailed(
+                migration.name, migration.path,
+                f"{statement.keyword} is not allowed inside a migration: each file"
+                " already runs in its own transaction (a BEGIN ... COMMIT around the"
+                f" whole file is accepted); {nothing}",
+                number, statement.line, statement.sql, action=action)
+    if d1_rules:
+        rules = [rule for rule in D1_RULES if rule.blocks_remote]
+        for finding in check_statements(migration.path, [s for _, s in numbered], rules):
+            number = next(n for n, s in numbered if s.line == finding.line)
+            raise MigrationFailed(
+                migration.name, migration.path,
+                f"D1 would reject it: {finding.message}; nothing was sent",
+                number, finding.line, action=action)
+    return numbered
+
+
 def _leading_foreign_keys(statements: List[Tuple[int, Statement]]) -> int:
     """How many statements at the start of a file are PRAGMA foreign_keys."""
     count = 0
@@ -2459,6 +2541,28 @@ def _leading_foreign_keys(statements: List[Tuple[int, Statement]]) -> int:
            and _FOREIGN_KEYS_PRAGMA.match(_without_comments(statements[count][1].sql))):
         count += 1
     return count
+
+
+def choose_rollback(applied: Dict[int, AppliedRow], version: Optional[str],
+                    force: bool) -> AppliedRow:
+    """The applied migration `version` names (default: the latest), once no
+    later one stands in the way."""
+    rows = sorted(applied.values(), key=lambda r: int(r.version))
+    if version is None:
+        if not rows:
+            raise MigrationError("Nothing to roll back: no migrations have been applied")
+        row = rows[-1]
+    else:
+        row = find_migration(version, rows)
+        if row is None:
+            raise MigrationError(f"Migration {version} not found in applied migrations")
+    later = [r.name for r in rows if int(r.version) > int(row.version)]
+    if later and not force:
+        raise MigrationError(
+            f"Cannot roll back {row.name}: later migrations are still applied"
+            f" ({', '.join(later)}). Roll those back first, or pass {_opt('force')}"
+            " to roll back only this one.")
+    return row
 
 
 class Migrator:
@@ -2472,8 +2576,9 @@ class Migrator:
 
     apply() and rollback() return a RunReport; on failure they raise a
     MigrationError whose `.report` says what the run did first.  Each
-    migration's Outcome also goes to ``on_outcome`` as it becomes known.
-    Use it as a context manager, or call close().
+    migration's Outcome also goes to ``on_outcome`` as it becomes known, and
+    a backup's path to ``on_backup``.  Use it as a context manager, or call
+    close().
     """
 
     def __init__(self, database: Union[str, "os.PathLike[str]", Target],
@@ -2493,7 +2598,7 @@ class Migrator:
         self.migrations_dir = os.fspath(migrations_dir)
         self.book = Bookkeeping(wrangler_table)
         self.on_outcome = on_outcome
-        self.on_backup = on_backup  # told the backup's path once it is made
+        self.on_backup = on_backup
         self._scan: Optional[FolderScan] = None
         self._stop_signal: Optional[int] = None
 
@@ -2531,7 +2636,7 @@ class Migrator:
             self._stop_signal = signum
         self.target.request_stop(signum)
 
-    # -- the folder and the record --------------------------------------------
+    # -- reading: the folder, the record, the state of each migration -----------
 
     def scan(self, nothing_done: str = "") -> FolderScan:
         """The migrations folder, scanned once; MigrationFileError when it
@@ -2558,7 +2663,8 @@ class Migrator:
         return [f"Ignoring {f.path}: the name does not match NNNN_description.sql"
                 for f in self.scan().findings if f.code == "bad-name"]
 
-    def _read(self) -> Record:
+    def read(self) -> Record:
+        """The database's record (the target must be open)."""
         return self.book.read(self.target.query, self.target.name)
 
     def status(self, migrations: Optional[List[Migration]] = None) -> List[MigrationStatus]:
@@ -2571,7 +2677,7 @@ class Migrator:
             migrations = self.migrations()
         applied: Dict[int, AppliedRow] = {}
         if self.target.open("read"):
-            applied = dict(self._read().applied)
+            applied = dict(self.read().applied)
         result = []
         for m in migrations:
             row = applied.pop(m.number, None)
@@ -2591,45 +2697,18 @@ class Migrator:
     def plan(self, applied: Dict[int, AppliedRow], target: Optional[str] = None,
              allow_out_of_order: bool = False, done: str = "nothing was applied"
              ) -> List[Migration]:
-        """The migrations to apply, in order, after the checks that must pass
-        before any of them runs: nothing applied was modified, nothing pending
-        is numbered below what is applied, the target exists.  `done` says,
-        in a refusal, what the run has applied so far."""
-        migrations = self.migrations()
-        modified = [m for m in migrations if m.number in applied
-                    and applied[m.number].checksum not in ("", m.checksum)]
-        if modified:
-            raise MigrationFileError(
-                "Applied migrations were modified since they were applied:"
-                f" {', '.join(m.name for m in modified)}. {done.capitalize()}. Restore"
-                " each file as it was applied (git checkout -- <file>) and put the"
-                " change in a new migration; `status` lists them as modified.")
-        pending = [m for m in migrations if m.number not in applied]
-        if target is not None:
-            chosen = find_migration(target, migrations)
-            if chosen is None:
-                raise ConfigurationError(
-                    f"{_opt('target')} {target}: no migration in {self.migrations_dir} has"
-                    " that version or name")
-            pending = [m for m in pending if m.number <= chosen.number]
-        if pending and applied and not allow_out_of_order:
-            highest = max(applied.values(), key=lambda row: int(row.version))
-            early = [m for m in pending if m.number < int(highest.version)]
-            if early:
-                raise MigrationFileError(
-                    f"Migration {early[0].name} is pending but {highest.name}, which has"
-                    f" a higher number, is already applied; {done}. Renumber the new"
-                    f" migration above it, or apply it anyway with {_opt('allow_out_of_order')}.")
-        return pending
+        """plan_migrations over this folder's migrations."""
+        return plan_migrations(self.migrations(), applied, target, allow_out_of_order, done,
+                               self.migrations_dir)
 
-    # -- init and apply ----------------------------------------------------------
+    # -- writing -------------------------------------------------------------------
 
     def init(self) -> RunReport:
         """Create the database and the tracking table (and wrangler's);
         report.created says whether the table is new."""
         report = self._new_report("init")
         self.target.open("create")
-        record = self._read()
+        record = self.read()
         entries, report.synced = self.book.ensure(record)
         if entries:
             self.target.ensure(entries)
@@ -2650,6 +2729,7 @@ class Migrator:
         """
         report = self._new_report("apply", dry_run, single_transaction)
         report.target = target
+        run = _Run(self, report, target, allow_out_of_order, backup)
         whole = single_transaction or dry_run
         try:
             scan = self.scan("Nothing was applied.")
@@ -2662,9 +2742,9 @@ class Migrator:
                     " has none (a remote D1 database is restored with Time Travel)")
             self.target.open("dry-run" if dry_run else "create")
             if whole:
-                self._apply_whole(report, target, allow_out_of_order, backup)
+                run.whole(commit=not dry_run)
             else:
-                self._apply_each(report, target, allow_out_of_order, backup)
+                run.each()
             self._check_stop()
         except _Stop as stop:
             current = [o.name for o in report.having(INTERRUPTED, UNKNOWN, NOT_SENT)]
@@ -2678,142 +2758,10 @@ class Migrator:
         report.elapsed_ms = (time.perf_counter() - report.started) * 1000
         return report
 
-    def _apply_each(self, report: RunReport, target: Optional[str], allow_out_of_order: bool,
-                    backup: Union[None, bool, str]) -> None:
-        record = self._read()
-        entries, report.synced = self.book.ensure(record)
-        if entries:
-            self.target.ensure(entries)
-            record = self._read()  # what is read after a write is what counts
-        pending = self.plan(record.applied, target, allow_out_of_order)
-        self._count_beyond(report, record.applied, target)
-        # Check every pending file before running any: a bad file further
-        # down must not leave the run half done.
-        try:
-            steps = [self._apply_step(m, report, target, allow_out_of_order) for m in pending]
-        except MigrationFailed as exc:
-            raise exc.with_note(
-                "nothing was applied: every pending file is checked before any runs") from None
-        if steps and backup is not None:
-            report.backup = self._backup(backup)
-        report.planned = len(steps)
-        for index, step in enumerate(steps, 1):
-            self._check_stop()
-            self._run(report, step, index, APPLIED)
-
-    def _apply_whole(self, report: RunReport, target: Optional[str], allow_out_of_order: bool,
-                     backup: Union[None, bool, str]) -> None:
-        """The whole run in one transaction: committed (single_transaction)
-        or always rolled back (dry_run)."""
-        commit = not report.dry_run
-        if backup is not None and self.plan(self._read().applied, target, allow_out_of_order):
-            # The backup API cannot copy inside a write transaction: first.
-            report.backup = self._backup(backup)
-        record = self._read()
-        entries, synced = self.book.ensure(record)
-        steps: List[Step] = []
-        ran: List[Tuple[Step, float]] = []
-
-        def plan() -> List[Step]:  # under the target's lock
-            applied = self._read().applied
-            pending = self.plan(applied, target, allow_out_of_order)
-            self._count_beyond(report, applied, target)
-            steps.extend(self._apply_step(m, report, target, allow_out_of_order)
-                         for m in pending)
-            report.planned = len(steps)
-            return steps
-
-        ran_result = APPLIED if commit else WOULD_APPLY
-        try:
-            self.target.run_all(entries, plan, commit, lambda step, ms: ran.append((step, ms)))
-        except BaseException as exc:
-            for index, (step, ms) in enumerate(ran, 1):
-                self._report(report, step, index, WOULD_APPLY if not commit else UNDONE, ms)
-            current = steps[len(ran)] if len(ran) < len(steps) else None
-            if isinstance(exc, _Stop):
-                if current is not None and exc.state in _STOP_RESULTS:
-                    self._report(report, current, len(ran) + 1, _STOP_RESULTS[exc.state], None)
-                raise
-            if not isinstance(exc, MigrationError):
-                raise
-            if isinstance(exc, MigrationFailed):
-                exc = exc.with_note(
-                    "dry run: nothing was changed" if not commit else
-                    f"rolled back the whole run ({_opt('single_transaction')}):"
-                    " nothing was applied")
-            if current is not None:
-                self._report(report, current, len(ran) + 1, FAILED, None, exc)
-            raise exc from None
-        report.synced = synced if commit else []
-        for index, (step, ms) in enumerate(ran, 1):
-            self._report(report, step, index, ran_result, ms)
-
-    def _apply_step(self, migration: Migration, report: RunReport, target: Optional[str],
-                    allow_out_of_order: bool) -> Step:
-        statements = self._prepare(migration, "apply")
-
-        def settled() -> bool:
-            applied = self._read().applied
-            if migration.number in applied:
-                return True
-            self.plan(applied, target, allow_out_of_order,
-                      done=f"{_plural(len(report.having(APPLIED)), 'migration')}"
-                           " applied in this run before it")
-            return False
-
-        return Step("apply", migration.version, migration.name, migration.path, statements,
-                    _leading_foreign_keys(statements),
-                    lambda ms: self.book.record(migration, ms),
-                    lambda ms: [self.book.set_duration(migration.version, ms)], settled)
-
-    def _prepare(self, migration: Migration, action: str) -> List[Tuple[int, Statement]]:
-        """Split a file and refuse transaction control inside it (and, for a
-        D1 target, what D1 would reject).  A file wrapped whole in BEGIN ...
-        COMMIT keeps its meaning: the two are dropped and the rest runs in
-        the tool's own transaction."""
-        statements = migration.statements(action)
-        numbered = list(enumerate(statements, 1))
-        if (len(statements) >= 2 and statements[0].keyword == "BEGIN"
-                and statements[-1].keyword in ("COMMIT", "END")):
-            numbered = numbered[1:-1]
-        nothing = "nothing was applied" if action == "apply" else "nothing was rolled back"
-        for number, statement in numbered:
-            if statement.keyword in TRANSACTION_KEYWORDS:
-                raise MigrationFailed(
-                    migration.name, migration.path,
-                    f"{statement.keyword} is not allowed inside a migration: each file"
-                    " already runs in its own transaction (a BEGIN ... COMMIT around the"
-                    f" whole file is accepted); {nothing}",
-                    number, statement.line, statement.sql, action=action)
-        if self.target.d1_rules:
-            rules = [rule for rule in D1_RULES if rule.blocks_remote]
-            for finding in check_statements(migration.path, [s for _, s in numbered], rules):
-                number, statement = next((n, s) for n, s in numbered if s.line == finding.line)
-                raise MigrationFailed(
-                    migration.name, migration.path,
-                    f"D1 would reject it: {finding.message}; nothing was sent",
-                    number, finding.line, action=action)
-        return numbered
-
-    def _count_beyond(self, report: RunReport, applied: Dict[int, AppliedRow],
-                      target: Optional[str]) -> None:
-        if target is not None:
-            chosen = find_migration(target, self.migrations())
-            report.beyond_target = sum(1 for m in self.migrations() if m.number not in applied
-                                       and chosen is not None and m.number > chosen.number)
-
-    def _backup(self, backup: Union[bool, str]) -> str:
-        path = self.target.backup(None if backup is True else backup)  # type: ignore[attr-defined]
-        if self.on_backup is not None:
-            self.on_backup(path)
-        return path
-
-    # -- rollback ----------------------------------------------------------------
-
     def rollback(self, version: Optional[str] = None, *, force: bool = False) -> RunReport:
         """Undo one applied migration (default: the latest): run its down
         script, if there is one, and delete its tracking row, in one
-        transaction.  report.outcomes[0].path is the down script (None: the
+        transaction.  The outcome's path is the down script (None: the
         record alone was removed and the schema is unchanged)."""
         report = self._new_report("rollback")
         row: Optional[AppliedRow] = None
@@ -2825,13 +2773,14 @@ class Migrator:
                 raise MigrationError(
                     f"Migration {version} not found in applied migrations" if version else
                     f"Nothing to roll back: database {self.target.name} does not exist")
-            record = self._read()
-            row = self._choose_rollback(record.applied, version, force)
-            step = self._rollback_step(row, record, version, force)
+            record = self.read()
+            row = choose_rollback(record.applied, version, force)
+            run = _Run(self, report)
+            step = run.rollback_step(row, record, version, force)
             report.planned = 1
             report.statements = len(step.statements)
             self._check_stop()
-            self._run(report, step, 1, ROLLED_BACK)
+            run.run(step, 1, ROLLED_BACK)
         except _Stop as stop:
             error = Interrupted(stop.signum, 0, row.name if row else None, stop.state,
                                 action="rollback")
@@ -2842,78 +2791,6 @@ class Migrator:
             raise
         report.elapsed_ms = (time.perf_counter() - report.started) * 1000
         return report
-
-    def _choose_rollback(self, applied: Dict[int, AppliedRow], version: Optional[str],
-                         force: bool) -> AppliedRow:
-        """The applied migration `version` names (default: the latest), once
-        no later one stands in the way."""
-        rows = sorted(applied.values(), key=lambda r: int(r.version))
-        if version is None:
-            if not rows:
-                raise MigrationError("Nothing to roll back: no migrations have been applied")
-            row = rows[-1]
-        else:
-            row = find_migration(version, rows)
-            if row is None:
-                raise MigrationError(f"Migration {version} not found in applied migrations")
-        later = [r.name for r in rows if int(r.version) > int(row.version)]
-        if later and not force:
-            raise MigrationError(
-                f"Cannot roll back {row.name}: later migrations are still applied"
-                f" ({', '.join(later)}). Roll those back first, or pass {_opt('force')}"
-                " to roll back only this one.")
-        return row
-
-    def _rollback_step(self, row: AppliedRow, record: Record, version: Optional[str],
-                       force: bool) -> Step:
-        path = os.path.join(self.migrations_dir, DOWN_DIR, row.name + ".sql")
-        statements: List[Tuple[int, Statement]] = []
-        if os.path.lexists(path):
-            problem = _not_a_file(path)
-            if problem:
-                raise MigrationFileError(f"{path}: {problem[2]}. Nothing was rolled back.")
-            statements = self._prepare(Migration(row.version, row.name, path), "roll back")
-
-        def settled() -> bool:
-            applied = self._read().applied
-            if int(row.version) not in applied:
-                return True  # rolled back meanwhile, or by the batch whose answer was lost
-            if self._choose_rollback(applied, version, force) != row:
-                raise MigrationError(
-                    f"Another process changed the applied migrations of {self.target.name}"
-                    " while this rollback started; nothing was rolled back. Run it again.")
-            return False
-
-        return Step("roll back", row.version, row.name,
-                    path if os.path.lexists(path) else None, statements,
-                    _leading_foreign_keys(statements),
-                    lambda ms: self.book.forget(row, record), lambda ms: [], settled)
-
-    # -- the run and its outcomes ------------------------------------------------
-
-    def _run(self, report: RunReport, step: Step, index: int, done: str) -> None:
-        """One step through the target, and its outcome reported."""
-        try:
-            duration = self.target.run(step)
-        except _Stop as stop:
-            if stop.state in _STOP_RESULTS:
-                self._report(report, step, index, _STOP_RESULTS[stop.state], None)
-            raise
-        except MigrationError as exc:
-            self._report(report, step, index, FAILED, None, exc)
-            raise
-        self._report(report, step, index, done if duration is not None else SKIPPED, duration)
-
-    def _report(self, report: RunReport, step: Step, index: int, result: str,
-                duration_ms: Optional[float], error: Optional[MigrationError] = None) -> None:
-        """The one place an outcome becomes known: the report keeps it, and
-        on_outcome hears of it."""
-        outcome = Outcome("apply" if step.action == "apply" else "rollback", result,
-                          step.version, step.name, step.path, index, report.planned,
-                          duration_ms, error)
-        report.outcomes.append(outcome)
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
 
     def _new_report(self, action: str, dry_run: bool = False,
                     single_transaction: bool = False) -> RunReport:
@@ -2931,6 +2808,170 @@ class Migrator:
     def _check_stop(self) -> None:
         if self._stop_signal is not None:
             raise _Stop(self._stop_signal, None)
+
+
+class _Run:
+    """One apply or rollback in progress: the migration loop, written once
+    for every target, and the one place where each outcome is reported
+    (report(): into the RunReport, and to the Migrator's on_outcome)."""
+
+    def __init__(self, migrator: Migrator, report: RunReport, target: Optional[str] = None,
+                 allow_out_of_order: bool = False, backup: Union[None, bool, str] = None):
+        self.migrator = migrator
+        self.book = migrator.book
+        self.db = migrator.target
+        self.report_ = report
+        self.target = target
+        self.allow_out_of_order = allow_out_of_order
+        self.backup = backup
+
+    def each(self) -> None:
+        """Each pending migration in its own transaction."""
+        migrator, report = self.migrator, self.report_
+        record = migrator.read()
+        entries, report.synced = self.book.ensure(record)
+        if entries:
+            self.db.ensure(entries)
+            record = migrator.read()  # what is read after a write is what counts
+        pending = migrator.plan(record.applied, self.target, self.allow_out_of_order)
+        self._count_beyond(record.applied)
+        # Check every pending file before running any: a bad file further
+        # down must not leave the run half done.
+        try:
+            steps = [self.apply_step(m) for m in pending]
+        except MigrationFailed as exc:
+            raise exc.with_note(
+                "nothing was applied: every pending file is checked before any runs") from None
+        if steps and self.backup is not None:
+            self._backup()
+        report.planned = len(steps)
+        for index, step in enumerate(steps, 1):
+            migrator._check_stop()
+            self.run(step, index, APPLIED)
+
+    def whole(self, commit: bool) -> None:
+        """The whole run in one transaction: committed (single_transaction)
+        or always rolled back (a dry run)."""
+        migrator, report = self.migrator, self.report_
+        if self.backup is not None and migrator.plan(
+                migrator.read().applied, self.target, self.allow_out_of_order):
+            self._backup()  # the backup API cannot copy inside a write transaction
+        entries, synced = self.book.ensure(migrator.read())
+        steps: List[Step] = []
+        ran: List[Tuple[Step, float]] = []
+
+        def plan() -> List[Step]:  # under the target's lock
+            applied = migrator.read().applied
+            pending = migrator.plan(applied, self.target, self.allow_out_of_order)
+            self._count_beyond(applied)
+            steps.extend(self.apply_step(m) for m in pending)
+            report.planned = len(steps)
+            return steps
+
+        try:
+            self.db.run_all(entries, plan, commit, lambda step, ms: ran.append((step, ms)))
+        except BaseException as exc:
+            for index, (step, ms) in enumerate(ran, 1):
+                self.report(step, index, UNDONE if commit else WOULD_APPLY, ms)
+            current = steps[len(ran)] if len(ran) < len(steps) else None
+            if isinstance(exc, _Stop):
+                if current is not None and exc.state in _STOP_RESULTS:
+                    self.report(current, len(ran) + 1, _STOP_RESULTS[exc.state], None)
+                raise
+            if not isinstance(exc, MigrationError):
+                raise
+            if isinstance(exc, MigrationFailed):
+                exc = exc.with_note(
+                    f"rolled back the whole run ({_opt('single_transaction')}):"
+                    " nothing was applied" if commit else "dry run: nothing was changed")
+            if current is not None:
+                self.report(current, len(ran) + 1, FAILED, None, exc)
+            raise exc from None
+        report.synced = synced if commit else []
+        for index, (step, ms) in enumerate(ran, 1):
+            self.report(step, index, APPLIED if commit else WOULD_APPLY, ms)
+
+    def apply_step(self, migration: Migration) -> Step:
+        statements = prepare_statements(migration, "apply", self.db.d1_rules)
+
+        def settled() -> bool:
+            applied = self.migrator.read().applied
+            if migration.number in applied:
+                return True
+            self.migrator.plan(applied, self.target, self.allow_out_of_order,
+                               done=f"{_plural(len(self.report_.having(APPLIED)), 'migration')}"
+                                    " applied in this run before it")
+            return False
+
+        return Step("apply", migration.version, migration.name, migration.path, statements,
+                    _leading_foreign_keys(statements),
+                    lambda ms: self.book.record(migration, ms),
+                    lambda ms: [self.book.set_duration(migration.version, ms)], settled)
+
+    def rollback_step(self, row: AppliedRow, record: Record, version: Optional[str],
+                      force: bool) -> Step:
+        path = os.path.join(self.migrator.migrations_dir, DOWN_DIR, row.name + ".sql")
+        exists = os.path.lexists(path)
+        statements: List[Tuple[int, Statement]] = []
+        if exists:
+            problem = _not_a_file(path)
+            if problem:
+                raise MigrationFileError(f"{path}: {problem[2]}. Nothing was rolled back.")
+            statements = prepare_statements(Migration(row.version, row.name, path),
+                                            "roll back", self.db.d1_rules)
+
+        def settled() -> bool:
+            applied = self.migrator.read().applied
+            if int(row.version) not in applied:
+                return True  # rolled back meanwhile, or by the batch whose answer was lost
+            if choose_rollback(applied, version, force) != row:
+                raise MigrationError(
+                    f"Another process changed the applied migrations of {self.db.name}"
+                    " while this rollback started; nothing was rolled back. Run it again.")
+            return False
+
+        return Step("roll back", row.version, row.name, path if exists else None, statements,
+                    _leading_foreign_keys(statements),
+                    lambda ms: self.book.forget(row, record), lambda ms: [], settled)
+
+    def run(self, step: Step, index: int, done: str) -> None:
+        """One step through the target, and its outcome reported."""
+        try:
+            duration = self.db.run(step)
+        except _Stop as stop:
+            if stop.state in _STOP_RESULTS:
+                self.report(step, index, _STOP_RESULTS[stop.state], None)
+            raise
+        except MigrationError as exc:
+            self.report(step, index, FAILED, None, exc)
+            raise
+        self.report(step, index, done if duration is not None else SKIPPED, duration)
+
+    def report(self, step: Step, index: int, result: str, duration_ms: Optional[float],
+               error: Optional[MigrationError] = None) -> None:
+        """The one place an outcome becomes known: the report keeps it, and
+        on_outcome hears of it."""
+        outcome = Outcome("apply" if step.action == "apply" else "rollback", result,
+                          step.version, step.name, step.path, index, self.report_.planned,
+                          duration_ms, error)
+        self.report_.outcomes.append(outcome)
+        if self.migrator.on_outcome is not None:
+            self.migrator.on_outcome(outcome)
+
+    def _count_beyond(self, applied: Dict[int, AppliedRow]) -> None:
+        if self.target is not None:
+            migrations = self.migrator.migrations()
+            chosen = find_migration(self.target, migrations)
+            self.report_.beyond_target = sum(
+                1 for m in migrations if m.number not in applied
+                and chosen is not None and m.number > chosen.number)
+
+    def _backup(self) -> None:
+        backup = self.backup
+        path = self.db.backup(None if backup is True else backup)  # type: ignore[attr-defined]
+        self.report_.backup = path
+        if self.migrator.on_backup is not None:
+            self.migrator.on_backup(path)
 
 
 def _plural(count: int, word: str) -> str:

@@ -637,7 +637,7 @@ def test_a_commit_that_fails_rolls_back_and_names_the_migration(project, run_cli
     with apply_migrations.Migrator(str(db), str(project / "migrations")) as migrator:
         with pytest.raises(apply_migrations.MigrationFailed, match="at COMMIT"):
             migrator.apply()
-        assert not migrator.target._conn.in_transaction
+        assert not migrator.target.db.conn.in_transaction
         # The write lock was let go: another writer gets it at once.
         other = sqlite3.connect(str(db), timeout=0, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
