@@ -66,8 +66,8 @@ import stat
 import sys
 import time
 from contextlib import contextmanager
-from typing import (Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence,
-                    Tuple, Union)
+from typing import (Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 __version__ = "1.1.0"
 
@@ -848,13 +848,13 @@ def _without_comments(sql: str) -> str:
 class _InFile(NamedTuple):
     """Where a statement stands in its file, for the rules that care."""
 
-    index: int
-    count: int
+    position: int  # from 0
+    size: int  # statements in the file
     wrapped: bool  # the file is wrapped whole in BEGIN ... COMMIT/END
     exact_wrapper: bool  # ... in exactly wrangler's `BEGIN TRANSACTION;` / `COMMIT;`
 
     def at_edge(self) -> bool:
-        return self.wrapped and self.index in (0, self.count - 1)
+        return self.wrapped and self.position in (0, self.size - 1)
 
 
 def _transaction_wrapper(s: Statement, words: str, where: _InFile) -> Optional[str]:
@@ -922,7 +922,7 @@ def _reserved_name(s: Statement, words: str, where: _InFile) -> Optional[str]:
 
 
 def _missing_semicolon(s: Statement, words: str, where: _InFile) -> Optional[str]:
-    if where.index == where.count - 1 and not is_terminated(s):
+    if where.position == where.size - 1 and not is_terminated(s):
         return ("the last statement has no ';': wrangler appends its own INSERT to the file"
                 " and the migration fails on D1; end it with ';'")
     return None
@@ -1160,36 +1160,48 @@ class D1Settings(NamedTuple):
 
 
 class Options:
-    """The resolved settings of one command (see resolve_options)."""
+    """The resolved settings of one command (resolve_options makes them).
+    What is not given keeps the default below."""
 
-    DEFAULTS: Dict[str, object] = {
-        "command": None, "db_path": DEFAULT_DB_PATH, "migrations_dir": DEFAULT_MIGRATIONS_DIR,
-        "remote": None, "wrangler_table": None, "wrangler_config": None,
-        "lock_timeout": DEFAULT_LOCK_TIMEOUT, "foreign_keys": False,
-        "target": None, "allow_out_of_order": False, "single_transaction": False,
-        "dry_run": False, "backup": None, "version": None, "force": False,
-        "exit_code": False, "description": "", "check_database": False,
-        "json": False, "quiet": False, "verbose": False,
-    }
-    __slots__ = tuple(DEFAULTS)
+    command: Optional[str] = None
+    db_path: str = DEFAULT_DB_PATH  # a local file (for --d1-remote: the database's id)
+    migrations_dir: str = DEFAULT_MIGRATIONS_DIR
+    remote: Optional[D1Settings] = None  # set: work on remote D1
+    wrangler_table: Optional[str] = None  # set: keep wrangler's record in step
+    wrangler_config: Optional[str] = None
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    foreign_keys: bool = False
+    target: Optional[str] = None
+    allow_out_of_order: bool = False
+    single_transaction: bool = False
+    dry_run: bool = False
+    backup: Union[None, bool, str] = None  # True: beside the database
+    version: Optional[str] = None
+    force: bool = False
+    exit_code: bool = False
+    description: str = ""
+    check_database: bool = False  # check: also compare with a database
+    json: bool = False
+    quiet: bool = False
+    verbose: bool = False
 
     def __init__(self, **values: object):
-        unknown = set(values) - set(self.DEFAULTS)
-        if unknown:
-            raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
-        for name, default in self.DEFAULTS.items():
-            setattr(self, name, values.get(name, default))
+        for name, value in values.items():
+            if name.startswith("_") or not hasattr(Options, name) or callable(
+                    getattr(Options, name)):
+                raise TypeError(f"unknown option: {name}")
+            setattr(self, name, value)
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.DEFAULTS
-                          if n != "remote" and getattr(self, n) != self.DEFAULTS[n])
+        shown = ", ".join(f"{name}={value!r}" for name, value in vars(self).items()
+                          if name != "remote")
         return f"Options({shown})"
 
 
-def check_seconds(name: str, value: float, zero: bool = True) -> float:
+def check_seconds(name: str, value: object, zero: bool = True) -> float:
     """A number of seconds, finite and not negative (nor zero unless allowed)."""
     try:
-        seconds = float(value)
+        seconds = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ConfigurationError(f"{_opt(name)} {value!r} is not a number of seconds") from None
     if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0 \
@@ -1200,7 +1212,7 @@ def check_seconds(name: str, value: float, zero: bool = True) -> float:
     return seconds
 
 
-def resolve_options(values: Dict[str, object], environ: Dict[str, str]) -> Options:
+def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) -> Options:
     """The settings that the command line's values (argparse's, as a dict)
     and the environment name; checked before any I/O but reading the
     wrangler config.  An empty value is an error, never a default."""
@@ -1211,13 +1223,18 @@ def resolve_options(values: Dict[str, object], environ: Dict[str, str]) -> Optio
         if isinstance(value, str) and not value.strip():
             raise ConfigurationError(
                 f"{_opt(name)} is empty; give a value, or leave the option out for its default")
-    options = Options(**{name: get(name) for name in Options.DEFAULTS
-                         if get(name) is not None and name not in ("db_path", "migrations_dir")})
+    # The values that pass as they are; the rest is worked out below.
+    plain = ("command", "wrangler_config", "foreign_keys", "target", "allow_out_of_order",
+             "single_transaction", "dry_run", "backup", "version", "force", "exit_code",
+             "description", "json", "quiet", "verbose")
+    options = Options(**{name: get(name) for name in plain if get(name) is not None})
     options.lock_timeout = check_seconds("lock_timeout", get("lock_timeout", DEFAULT_LOCK_TIMEOUT))
     config = get("wrangler_config")
+    database, persist_to = get("database"), get("persist_to")
     found = None
     if config:
-        found = wrangler_database(str(config), get("database"), get("persist_to"))
+        found = wrangler_database(str(config), None if database is None else str(database),
+                                  None if persist_to is None else str(persist_to))
     else:
         for name in ("database", "persist_to"):
             if get(name) is not None:
@@ -1226,7 +1243,7 @@ def resolve_options(values: Dict[str, object], environ: Dict[str, str]) -> Optio
                 raise ConfigurationError(
                     f"{_opt(name)} {get(name)} needs {_opt('wrangler_config')}: it selects"
                     f" within the wrangler config, and no config was given.{hint}")
-    options.wrangler_table = get("wrangler_table") or (
+    options.wrangler_table = str(get("wrangler_table") or "") or (
         found.migrations_table if found else WRANGLER_TABLE if get("wrangler") else None)
     options.migrations_dir = str(get("migrations_dir") or (
         found.migrations_dir if found else DEFAULT_MIGRATIONS_DIR))
@@ -1256,7 +1273,7 @@ def resolve_options(values: Dict[str, object], environ: Dict[str, str]) -> Optio
     return options
 
 
-def _d1_settings(values: Dict[str, object], environ: Dict[str, str],
+def _d1_settings(values: Mapping[str, object], environ: Mapping[str, str],
                  found: Optional[WranglerDatabase]) -> D1Settings:
     """The remote D1 database the environment names; each missing variable
     is a one-line error before anything is sent."""
@@ -1315,7 +1332,7 @@ class Outcome(NamedTuple):
     version: str
     name: str
     path: Optional[str]  # the file that ran (a rollback's down script; None: none)
-    index: int  # its place in the run, from 1, and the run's length
+    position: int  # its place in the run, from 1, and the run's length
     total: int
     duration_ms: Optional[float]
     error: Optional[MigrationError] = None
@@ -1676,7 +1693,8 @@ class _SQLiteConnection:
             return True
         path = self.path
         if not path:
-            raise ConfigurationError(f"The database path is an empty string; pass {_opt('db_path')}")
+            raise ConfigurationError(
+                f"The database path is an empty string; pass {_opt('db_path')}")
         if os.path.isdir(path):
             raise DatabaseConnectError(f"{path} is a directory, not a database file")
         exists = os.path.exists(path)
@@ -2406,7 +2424,8 @@ class D1Target(Target):
             return None if D1_SENTINEL_TABLE in str(exc) else exc
         raise MigrationError("D1 committed a batch that was meant to fail; stopping")
 
-    def _locate(self, step: Step, error: D1Error, before: List[Entry] = ()) -> MigrationFailed:
+    def _locate(self, step: Step, error: D1Error, before: Sequence[Entry] = ()
+                ) -> MigrationFailed:
         """D1 names no statement when a batch fails: find it by bisection,
         with batches that are always rolled back (each replaying `before`,
         the entries that ran ahead of this step in the same batch)."""
@@ -3029,8 +3048,9 @@ class Console:
     extras.  Every write goes through _write, which never raises."""
 
     def __init__(self, json: bool = False, quiet: bool = False, verbose: bool = False,
-                 environ: Optional[Dict[str, str]] = None):
-        environ = os.environ if environ is None else environ
+                 environ: Optional[Mapping[str, str]] = None):
+        if environ is None:
+            environ = os.environ
         self.json, self.quiet, self.verbose = json, quiet, verbose
         self.github = environ.get("GITHUB_ACTIONS") == "true"
         self.summary_path = environ.get("GITHUB_STEP_SUMMARY") or None
@@ -3183,172 +3203,181 @@ class Console:
         except OSError as exc:
             self.warn(f"Cannot write GITHUB_STEP_SUMMARY {self.summary_path}: {exc.strerror}")
 
-    # -- rendering ---------------------------------------------------------------
 
-    def progress(self, outcome: Outcome) -> None:
-        """A line per migration as its outcome becomes known."""
-        note = PROGRESS_NOTES.get(outcome.result)
-        if note is None or outcome.action != "apply":
-            return
-        took = "" if outcome.result == SKIPPED else f" {format_ms(outcome.duration_ms or 0.0)}"
-        self.say(f"[{outcome.index}/{outcome.total}] {outcome.name} {self.ellipsis}{took}{note}")
+# What each command shows, rendered from its results.
 
-    def apply_payload(self, report: RunReport) -> Dict[str, object]:
-        def listed(results: Tuple[str, ...]) -> List[Dict[str, object]]:
-            return [{"version": o.version, "name": o.name, "file": o.path,
-                     "duration_ms": round(o.duration_ms or 0.0, 3)}
-                    for o in report.outcomes if o.result in results]
 
-        payload: Dict[str, object] = {
-            "database": report.database, "migrations_dir": report.migrations_dir,
-            "dry_run": report.dry_run, "single_transaction": report.single_transaction,
-            "applied": listed((APPLIED, WOULD_APPLY)),
-            "outcomes": [{"version": o.version, "name": o.name, "file": o.path,
-                          "result": o.result,
-                          "duration_ms": None if o.duration_ms is None
-                          else round(o.duration_ms, 3)} for o in report.outcomes],
-        }
-        if report.having(UNDONE):
-            payload["rolled_back"] = listed((UNDONE,))
-        if report.backup:
-            payload["backup"] = report.backup
-        if report.synced:
-            payload["recorded_for_wrangler"] = report.synced
-        return payload
+def show_progress(console: Console, outcome: Outcome) -> None:
+    """A line per migration as its outcome becomes known."""
+    note = PROGRESS_NOTES.get(outcome.result)
+    if note is None or outcome.action != "apply":
+        return
+    took = "" if outcome.result == SKIPPED else f" {format_ms(outcome.duration_ms or 0.0)}"
+    console.say(f"[{outcome.position}/{outcome.total}] {outcome.name}"
+                f" {console.ellipsis}{took}{note}")
 
-    def show_apply(self, report: RunReport) -> None:
-        """The end of an apply, failed or not: the step summary, then the last
-        line or the JSON object (an error's own line is the caller's)."""
-        verb = "would apply" if report.dry_run else "applied"
-        rows: List[List[object]] = [
-            [o.version, o.name, "FAILED" if o.result == FAILED else o.result,
-             self.words(o.error) if o.error else
-             "" if o.duration_ms is None else format_ms(o.duration_ms)]
-            for o in report.outcomes]
-        if report.error is not None and not any(o.error for o in report.outcomes):
-            rows.append(["", "", "FAILED", self.words(report.error)])
-        done = report.having(APPLIED, WOULD_APPLY)
-        title = (f"Migrations on {report.database}: failed" if report.error is not None else
-                 f"Migrations on {report.database}: {_plural(len(done), 'migration')} {verb}")
-        self.step_summary(title, ["Version", "Name", "Result", "Duration"], rows)
-        if report.error is not None:
-            return
-        self.show_synced(report)
-        if self.json:
-            self.emit({**self.apply_payload(report), "error": None})
-            return
-        skipped = report.having(SKIPPED)
-        if not done and not skipped:
-            self.say(self._nothing_to_apply(report))
-        elif report.dry_run:
-            self.say(f"Dry run: {_plural(len(done), 'migration')} would apply cleanly to"
-                     f" {report.database}; nothing was changed.")
-        else:
-            mode = " in one transaction" if report.single_transaction else ""
-            also = (f" {_plural(len(skipped), 'migration')} another process applied meanwhile"
-                    " were skipped.") if skipped else ""
-            self.say(f"Applied {_plural(len(done), 'migration')}{mode} to {report.database}"
-                     f" in {format_ms(report.elapsed_ms)}.{also}")
 
-    @staticmethod
-    def _nothing_to_apply(report: RunReport) -> str:
-        ignored = (f" {_plural(report.ignored, '.sql file')} in it"
-                   f" {'was' if report.ignored == 1 else 'were'} ignored: see the warnings"
-                   " above.") if report.ignored else ""
-        if report.beyond_target:
-            return (f"Nothing to apply up to {cli_spelling('target')} {report.target}:"
-                    f" {_plural(report.beyond_target, 'migration')} after it"
-                    f" {'is' if report.beyond_target == 1 else 'are'} still pending in"
-                    f" {report.database}.{ignored}")
-        return (f"Nothing to apply: {report.database} is up to date"
-                f" ({_plural(report.migrations, 'migration')} in {report.migrations_dir}).{ignored}")
+def apply_payload(console: Console, report: RunReport) -> Dict[str, object]:
+    def listed(results: Tuple[str, ...]) -> List[Dict[str, object]]:
+        return [{"version": o.version, "name": o.name, "file": o.path,
+                 "duration_ms": round(o.duration_ms or 0.0, 3)}
+                for o in report.outcomes if o.result in results]
 
-    def show_synced(self, report: RunReport) -> None:
-        if report.synced and not self.json:
-            self.say(f"Recorded {_plural(len(report.synced), 'migration')} applied earlier"
-                     f" in {report.wrangler_table} for wrangler: {', '.join(report.synced)}")
+    payload: Dict[str, object] = {
+        "database": report.database, "migrations_dir": report.migrations_dir,
+        "dry_run": report.dry_run, "single_transaction": report.single_transaction,
+        "applied": listed((APPLIED, WOULD_APPLY)),
+        "outcomes": [{"version": o.version, "name": o.name, "file": o.path,
+                      "result": o.result,
+                      "duration_ms": None if o.duration_ms is None
+                      else round(o.duration_ms, 3)} for o in report.outcomes],
+    }
+    if report.having(UNDONE):
+        payload["rolled_back"] = listed((UNDONE,))
+    if report.backup:
+        payload["backup"] = report.backup
+    if report.synced:
+        payload["recorded_for_wrangler"] = report.synced
+    return payload
 
-    def show_status(self, database: str, exists: bool, migrations_dir: str,
-                    states: List[MigrationStatus]) -> Dict[str, int]:
-        counts = {state: 0 for state in STATE_MARKS}
+
+def show_apply(console: Console, report: RunReport) -> None:
+    """The end of an apply, failed or not: the step summary, then the last
+    line or the JSON object (an error's own line is the caller's)."""
+    verb = "would apply" if report.dry_run else "applied"
+    rows: List[List[object]] = [
+        [o.version, o.name, "FAILED" if o.result == FAILED else o.result,
+         console.words(o.error) if o.error else
+         "" if o.duration_ms is None else format_ms(o.duration_ms)]
+        for o in report.outcomes]
+    if report.error is not None and not any(o.error for o in report.outcomes):
+        rows.append(["", "", "FAILED", console.words(report.error)])
+    done = report.having(APPLIED, WOULD_APPLY)
+    title = (f"Migrations on {report.database}: failed" if report.error is not None else
+             f"Migrations on {report.database}: {_plural(len(done), 'migration')} {verb}")
+    console.step_summary(title, ["Version", "Name", "Result", "Duration"], rows)
+    if report.error is not None:
+        return
+    show_synced(console, report)
+    if console.json:
+        console.emit({**apply_payload(console, report), "error": None})
+        return
+    skipped = report.having(SKIPPED)
+    if not done and not skipped:
+        console.say(_nothing_to_apply(report))
+    elif report.dry_run:
+        console.say(f"Dry run: {_plural(len(done), 'migration')} would apply cleanly to"
+                f" {report.database}; nothing was changed.")
+    else:
+        mode = " in one transaction" if report.single_transaction else ""
+        also = (f" {_plural(len(skipped), 'migration')} another process applied meanwhile"
+                " were skipped.") if skipped else ""
+        console.say(f"Applied {_plural(len(done), 'migration')}{mode} to {report.database}"
+                f" in {format_ms(report.elapsed_ms)}.{also}")
+
+
+def _nothing_to_apply(report: RunReport) -> str:
+    ignored = (f" {_plural(report.ignored, '.sql file')} in it"
+               f" {'was' if report.ignored == 1 else 'were'} ignored: see the warnings"
+               " above.") if report.ignored else ""
+    if report.beyond_target:
+        return (f"Nothing to apply up to {cli_spelling('target')} {report.target}:"
+                f" {_plural(report.beyond_target, 'migration')} after it"
+                f" {'is' if report.beyond_target == 1 else 'are'} still pending in"
+                f" {report.database}.{ignored}")
+    return (f"Nothing to apply: {report.database} is up to date"
+            f" ({_plural(report.migrations, 'migration')} in {report.migrations_dir}).{ignored}")
+
+
+def show_synced(console: Console, report: RunReport) -> None:
+    if report.synced and not console.json:
+        console.say(f"Recorded {_plural(len(report.synced), 'migration')} applied earlier"
+                f" in {report.wrangler_table} for wrangler: {', '.join(report.synced)}")
+
+
+def show_status(console: Console, database: str, exists: bool, migrations_dir: str,
+                states: List[MigrationStatus]) -> Dict[str, int]:
+    counts = {state: 0 for state in STATE_MARKS}
+    for s in states:
+        counts[s.state] += 1
+    if console.json:
+        console.emit({
+            "database": database, "database_exists": exists,
+            "migrations_dir": migrations_dir,
+            "migrations": [{
+                "version": s.version, "name": s.name, "file": s.path, "state": s.state,
+                "checksum": s.checksum, "applied_at": s.applied_at,
+                "duration_ms": s.duration_ms,
+            } for s in states],
+            "summary": {**counts, "total": len(states)},
+        })
+    else:
+        console.say(f"Database:   {database}{'' if exists else ' (does not exist yet)'}")
+        console.say(f"Migrations: {migrations_dir}")
+        console.say("")
+        width = max([len(s.name) for s in states] + [4])
         for s in states:
-            counts[s.state] += 1
-        if self.json:
-            self.emit({
-                "database": database, "database_exists": exists,
-                "migrations_dir": migrations_dir,
-                "migrations": [{
-                    "version": s.version, "name": s.name, "file": s.path, "state": s.state,
-                    "checksum": s.checksum, "applied_at": s.applied_at,
-                    "duration_ms": s.duration_ms,
-                } for s in states],
-                "summary": {**counts, "total": len(states)},
-            })
-        else:
-            self.say(f"Database:   {database}{'' if exists else ' (does not exist yet)'}")
-            self.say(f"Migrations: {migrations_dir}")
-            self.say("")
-            width = max([len(s.name) for s in states] + [4])
-            for s in states:
-                detail = {
-                    "applied": f"applied {s.applied_at}",
-                    "pending": "pending",
-                    "modified": f"MODIFIED: applied {s.applied_at}, file changed since",
-                    "missing": f"MISSING: applied {s.applied_at}, file gone",
-                }[s.state]
-                mark = self.paint(STATE_MARKS[s.state], STATE_COLORS[s.state])
-                self.say(f"{mark} {s.name:<{width}}  {detail}")
-            if not states:
-                self.say("(no migrations)")
-            self.say("")
-            self.say(", ".join(f"{state.capitalize()}: {n}" for state, n in counts.items()))
-        self.step_summary(f"Migration status of {database}",
-                          ["Version", "Name", "State", "Applied at"],
-                          [[s.version, s.name, s.state, s.applied_at] for s in states])
-        return counts
+            detail = {
+                "applied": f"applied {s.applied_at}",
+                "pending": "pending",
+                "modified": f"MODIFIED: applied {s.applied_at}, file changed since",
+                "missing": f"MISSING: applied {s.applied_at}, file gone",
+            }[s.state]
+            mark = console.paint(STATE_MARKS[s.state], STATE_COLORS[s.state])
+            console.say(f"{mark} {s.name:<{width}}  {detail}")
+        if not states:
+            console.say("(no migrations)")
+        console.say("")
+        console.say(", ".join(f"{state.capitalize()}: {n}" for state, n in counts.items()))
+    console.step_summary(f"Migration status of {database}",
+                      ["Version", "Name", "State", "Applied at"],
+                      [[s.version, s.name, s.state, s.applied_at] for s in states])
+    return counts
 
-    def show_rollback(self, report: RunReport, migrations_dir: str) -> None:
-        outcome = report.outcomes[-1]
-        if self.json:
-            self.emit({
-                "database": report.database,
-                "rolled_back": {"version": outcome.version, "name": outcome.name},
-                "result": outcome.result,
-                "down_script": outcome.path,
-                "statements": report.statements,
-                "schema_changed": outcome.path is not None and outcome.result == ROLLED_BACK,
-            })
-        elif outcome.result == SKIPPED:
-            self.say(f"Nothing rolled back: another process rolled back {outcome.name}"
-                     " meanwhile.")
-        elif outcome.path:
-            self.say(f"Rolled back {outcome.name}: ran {outcome.path}"
-                     f" ({_plural(report.statements, 'statement')}) and removed its record.")
-        else:
-            self.say(f"Rolled back {outcome.name}: removed its record only. There is no down"
-                     f" script at {os.path.join(migrations_dir, DOWN_DIR, outcome.name + '.sql')},"
-                     " so the schema was NOT changed.")
 
-    def show_check(self, migrations_dir: str, database: Optional[str], count: int,
-                   findings: List[Finding]) -> int:
-        errors = sum(1 for f in findings if f.severity == "error")
-        warnings = len(findings) - errors
-        if self.json:
-            self.emit({
-                "migrations_dir": migrations_dir, "database": database,
-                "findings": [f._asdict() for f in findings],
-                "summary": {"files": count, "errors": errors, "warnings": warnings},
-            })
-        for f in findings:
-            where = f"{f.path}:{f.line}" if f.line else f.path
-            color = "31" if f.severity == "error" else "33"
-            self.say(f"{where}: {self.paint(f.severity, color)}: {f.message} [{f.code}]")
-            if self.github:
-                self.workflow_command(f.severity, f.message, f.path, f.line,
-                                      f"D1 check ({f.code})")
-        self.say(f"{_plural(count, 'migration')} checked: {_plural(errors, 'error')},"
-                 f" {_plural(warnings, 'warning')}.")
-        return errors
+def show_rollback(console: Console, report: RunReport, migrations_dir: str) -> None:
+    outcome = report.outcomes[-1]
+    if console.json:
+        console.emit({
+            "database": report.database,
+            "rolled_back": {"version": outcome.version, "name": outcome.name},
+            "result": outcome.result,
+            "down_script": outcome.path,
+            "statements": report.statements,
+            "schema_changed": outcome.path is not None and outcome.result == ROLLED_BACK,
+        })
+    elif outcome.result == SKIPPED:
+        console.say(f"Nothing rolled back: another process rolled back {outcome.name}"
+                 " meanwhile.")
+    elif outcome.path:
+        console.say(f"Rolled back {outcome.name}: ran {outcome.path}"
+                f" ({_plural(report.statements, 'statement')}) and removed its record.")
+    else:
+        console.say(f"Rolled back {outcome.name}: removed its record only. There is no down"
+                f" script at {os.path.join(migrations_dir, DOWN_DIR, outcome.name + '.sql')},"
+                 " so the schema was NOT changed.")
+
+
+def show_check(console: Console, migrations_dir: str, database: Optional[str], count: int,
+               findings: List[Finding]) -> int:
+    errors = sum(1 for f in findings if f.severity == "error")
+    warnings = len(findings) - errors
+    if console.json:
+        console.emit({
+            "migrations_dir": migrations_dir, "database": database,
+            "findings": [f._asdict() for f in findings],
+            "summary": {"files": count, "errors": errors, "warnings": warnings},
+        })
+    for f in findings:
+        where = f"{f.path}:{f.line}" if f.line else f.path
+        color = "31" if f.severity == "error" else "33"
+        console.say(f"{where}: {console.paint(f.severity, color)}: {f.message} [{f.code}]")
+        if console.github:
+            console.workflow_command(f.severity, f.message, f.path, f.line,
+                                  f"D1 check ({f.code})")
+    console.say(f"{_plural(count, 'migration')} checked: {_plural(errors, 'error')},"
+             f" {_plural(warnings, 'warning')}.")
+    return errors
 
 
 # ==========================================================================
@@ -3371,7 +3400,7 @@ def _migrator(options: Options, console: Console) -> Migrator:
     return Migrator.from_options(
         options, log=console.log if options.verbose else None,
         on_slow_statement=console.tick if console.wants_ticks() else None,
-        on_outcome=console.progress,
+        on_outcome=lambda outcome: show_progress(console, outcome),
         on_backup=lambda path: console.say(f"Backed up {options.db_path} to {path}"))
 
 
@@ -3424,7 +3453,7 @@ def cmd_init(options: Options, console: Console) -> int:
         console.say(f"Initialized {TRACKING_TABLE} in {report.database}")
     elif not report.synced:
         console.say(f"{TRACKING_TABLE} already exists in {report.database}; nothing to do")
-    console.show_synced(report)
+    show_synced(console, report)
     return EXIT_OK
 
 
@@ -3433,7 +3462,7 @@ def cmd_status(options: Options, console: Console) -> int:
         states = migrator.status()
         _warn_all(console, migrator)
         exists = options.remote is not None or os.path.exists(options.db_path)
-        counts = console.show_status(migrator.database, exists, migrator.migrations_dir, states)
+        counts = show_status(console, migrator.database, exists, migrator.migrations_dir, states)
     if options.exit_code and (counts["pending"] or counts["modified"] or counts["missing"]):
         return EXIT_FAILED
     return EXIT_OK
@@ -3450,16 +3479,16 @@ def cmd_apply(options: Options, console: Console) -> int:
                 backup=options.backup)
         except MigrationError as exc:
             if exc.report is not None:
-                console.show_apply(exc.report)
+                show_apply(console, exc.report)
             raise
-    console.show_apply(report)
+    show_apply(console, report)
     return EXIT_OK
 
 
 def cmd_rollback(options: Options, console: Console) -> int:
     with _migrator(options, console) as migrator, _stop_on_signals(migrator):
         report = migrator.rollback(options.version, force=options.force)
-    console.show_rollback(report, options.migrations_dir)
+    show_rollback(console, report, options.migrations_dir)
     return EXIT_OK
 
 
@@ -3476,7 +3505,7 @@ def cmd_check(options: Options, console: Console) -> int:
                         f"applied to {database} on {s.applied_at}, changed since; restore"
                         " it and put the change in a new migration"))
     findings.sort(key=lambda f: (f.path, f.line or 0))
-    errors = console.show_check(options.migrations_dir, database, len(migrations), findings)
+    errors = show_check(console, options.migrations_dir, database, len(migrations), findings)
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -3687,7 +3716,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             import traceback
             traceback.print_exc()
         report = exc.report
-        console.error(exc, console.apply_payload(report)
+        console.error(exc, apply_payload(console, report)
                       if report is not None and report.action == "apply" else None)
         code = exc.exit_code
     except KeyboardInterrupt:

@@ -306,7 +306,7 @@ def test_migrations_another_process_applied_meanwhile_are_skipped(project, run_s
     other: List[Tuple[int, str, str]] = []
 
     def on_outcome(outcome) -> None:
-        if outcome.index == 1:
+        if outcome.position == 1:
             other.append(run_subprocess(["apply", "-q"]))
 
     with apply_migrations.Migrator(str(db), str(folder), on_outcome=on_outcome) as migrator:
