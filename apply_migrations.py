@@ -33,23 +33,29 @@ above it.
                             status, check and new share (names, numbers, links)
   5. D1 rules ............. D1_RULES, one entry per rule; check_statements, check_folder
   6. wrangler's config .... read_wrangler_config, wrangler_database
-  7. Options .............. Options: every setting, resolved once (the core's input)
+  7. Options .............. Options, resolve_options: every setting, resolved once
   8. Outcomes ............. Outcome, RunReport: what happened to each migration
-  9. Bookkeeping .......... the SQL that reads, creates, records and forgets,
-                            for the tool's table and wrangler's, for every target
+  9. Bookkeeping .......... the SQL that reads, creates, records and forgets the
+                            record (the tool's table and wrangler's), for every target
  10. Targets .............. Target (the narrow interface), Step; SQLiteTarget
  11. Remote D1 ............ D1Client (HTTP), D1Target
- 12. The engine ........... Migrator: plan, apply, roll back, status, written once
- 13. Output ............... Console: text, JSON, GitHub annotations and step
-                            summaries, rendered from outcomes and reports
+ 12. The engine ........... plan_migrations, prepare_statements, choose_rollback;
+                            Migrator (the public entry); _Run (the migration loop,
+                            and _Run.report, the one point where outcomes are told)
+ 13. Output ............... Console (streams, JSON, GitHub annotations, step
+                            summaries) and show_* (what each command shows)
  14. Command line ......... the parser, one function per command, main()
 
-Where a change goes: a per-file option (no transaction, say) is parsed in 4
-and honoured where the targets run a Step (10, 11); a new command such as
-`baseline` is an engine method (12) using Bookkeeping (9) plus a command
-function (14); a history table is Bookkeeping SQL (9) written from
-Migrator._report, the one outcome point (12); a new D1 rule is one entry of
-D1_RULES (5); a new output format is a Console method (13).
+Where a change goes:
+  - a per-file option (say, a marker line that opts a file out of the
+    transaction): read it in prepare_statements (12) into the Step (10), and
+    honour it where each target runs a Step (SQLiteTarget.run, D1Target.run);
+  - a new command such as `baseline`: a Migrator method (12) that writes
+    Bookkeeping entries (9), and a cmd_ function and parser entry (14);
+  - a history table: its SQL in Bookkeeping (9), written with each Step's
+    bookkeeping, and from _Run.report (12), which sees every outcome;
+  - a new D1 rule: one function and one D1_RULES entry (5);
+  - a new output format: a Console method or a show_ function (13).
 
 The public API is __all__; every other name is an implementation detail.
 """
@@ -73,7 +79,7 @@ __version__ = "1.1.0"
 
 __all__ = [
     "Migrator", "RunReport", "Outcome", "MigrationStatus", "AppliedRow", "Migration",
-    "Options", "Target", "SQLiteTarget", "D1Target", "D1Client",
+    "Options", "Target", "SQLiteTarget", "D1Target", "D1Client", "D1Settings",
     "MigrationError", "ConfigurationError", "DatabaseConnectError", "DatabaseWriteError",
     "TrackingTableError", "MigrationFileError", "MigrationFailed", "Interrupted",
     "D1Error", "D1Unsure", "SQLSplitError", "InvalidUTF8",
