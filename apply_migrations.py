@@ -2756,7 +2756,13 @@ class Migrator:
         report.target = target
         run = _Run(self, report, target, allow_out_of_order, backup)
         whole = single_transaction or dry_run
-        try:
+
+        def interrupted(stop: _Stop) -> Interrupted:
+            current = [o.name for o in report.having(INTERRUPTED, UNKNOWN, NOT_SENT)]
+            return Interrupted(stop.signum, 0 if whole else len(report.having(APPLIED)),
+                               current[-1] if current else None, stop.state, whole)
+
+        with self._ending(report, interrupted):
             scan = self.scan("Nothing was applied.")
             report.migrations = len(scan.migrations)
             report.warnings = self.warnings
@@ -2771,16 +2777,6 @@ class Migrator:
             else:
                 run.each()
             self._check_stop()
-        except _Stop as stop:
-            current = [o.name for o in report.having(INTERRUPTED, UNKNOWN, NOT_SENT)]
-            error = Interrupted(stop.signum, 0 if whole else len(report.having(APPLIED)),
-                                current[-1] if current else None, stop.state, whole)
-            self._fail(report, error)
-            raise error from None
-        except MigrationError as exc:
-            self._fail(report, exc)
-            raise
-        report.elapsed_ms = (time.perf_counter() - report.started) * 1000
         return report
 
     def rollback(self, version: Optional[str] = None, *, force: bool = False) -> RunReport:
@@ -2789,8 +2785,13 @@ class Migrator:
         transaction.  The outcome's path is the down script (None: the
         record alone was removed and the schema is unchanged)."""
         report = self._new_report("rollback")
-        row: Optional[AppliedRow] = None
-        try:
+        chosen: List[AppliedRow] = []
+
+        def interrupted(stop: _Stop) -> Interrupted:
+            return Interrupted(stop.signum, 0, chosen[0].name if chosen else None, stop.state,
+                               action="rollback")
+
+        with self._ending(report, interrupted):
             # A mistyped migrations folder would find no down script and
             # remove the record alone, leaving the schema as it is.
             self.scan("Nothing was rolled back.")
@@ -2800,21 +2801,13 @@ class Migrator:
                     f"Nothing to roll back: database {self.target.name} does not exist")
             record = self.read()
             row = choose_rollback(record.applied, version, force)
+            chosen.append(row)
             run = _Run(self, report)
             step = run.rollback_step(row, record, version, force)
             report.planned = 1
             report.statements = len(step.statements)
             self._check_stop()
             run.run(step, 1, ROLLED_BACK)
-        except _Stop as stop:
-            error = Interrupted(stop.signum, 0, row.name if row else None, stop.state,
-                                action="rollback")
-            self._fail(report, error)
-            raise error from None
-        except MigrationError as exc:
-            self._fail(report, exc)
-            raise
-        report.elapsed_ms = (time.perf_counter() - report.started) * 1000
         return report
 
     def _new_report(self, action: str, dry_run: bool = False,
@@ -2825,10 +2818,23 @@ class Migrator:
         return report
 
     @staticmethod
-    def _fail(report: RunReport, error: MigrationError) -> None:
-        report.error = error
-        report.elapsed_ms = (time.perf_counter() - report.started) * 1000
-        error.report = report
+    @contextmanager
+    def _ending(report: RunReport, interrupted: Callable[[_Stop], Interrupted]
+                ) -> Iterator[None]:
+        """However a run ends, its report is finished: an error carries it
+        (error.report), and a stop becomes the Interrupted that says what
+        the run did."""
+        try:
+            yield
+        except _Stop as stop:
+            error = interrupted(stop)
+            report.error, error.report = error, report
+            raise error from None
+        except MigrationError as exc:
+            report.error, exc.report = exc, report
+            raise
+        finally:
+            report.elapsed_ms = (time.perf_counter() - report.started) * 1000
 
     def _check_stop(self) -> None:
         if self._stop_signal is not None:
