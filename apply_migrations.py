@@ -71,9 +71,17 @@ import sqlite3
 import stat
 import sys
 import time
+from collections import namedtuple
 from contextlib import contextmanager
-from typing import (Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional,
-                    Sequence, Tuple, Union)
+
+# Type hints are for type checkers only: annotations stay strings (the
+# __future__ import above), and the named tuples below say their fields'
+# types in their docstrings, because importing typing would cost every run
+# about 3 ms and 1 MB (README, Performance).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                        Union)
 
 __version__ = "1.1.0"
 
@@ -361,14 +369,17 @@ class _Stop(Exception):
 # ==========================================================================
 
 
-class Statement(NamedTuple):
-    """One SQL statement of a file."""
+class Statement(namedtuple("Statement", "sql line keyword start end")):
+    """One SQL statement of a file.
 
-    sql: str
-    line: int  # the line it starts on
-    keyword: str  # its upper-cased first word ("CREATE", "BEGIN"; "" if none)
-    start: int  # offsets in the file's text
-    end: int
+    sql (str)
+    line (int): the line it starts on
+    keyword (str): its upper-cased first word ("CREATE", "BEGIN"; "" if none)
+    start (int): offsets in the file's text
+    end (int)
+    """
+
+    __slots__ = ()
 
 
 # The splitter reads text the way SQLite's sqlite3_complete() does (its
@@ -655,23 +666,29 @@ def _read_file(path: str) -> bytes:
         raise MigrationFileError(f"Cannot read {path}: {exc.strerror}") from None
 
 
-class Finding(NamedTuple):
-    """One problem found in the migrations: where, how bad, and what to do."""
+class Finding(namedtuple("Finding", "severity path line code message")):
+    """One problem found in the migrations: where, how bad, and what to do.
 
-    severity: str  # "error" or "warning"
-    path: str
-    line: Optional[int]  # None: the whole file
-    code: str
-    message: str
+    severity (str): "error" or "warning"
+    path (str)
+    line (Optional[int]): None: the whole file
+    code (str)
+    message (str)
+    """
+
+    __slots__ = ()
 
 
-class FolderScan(NamedTuple):
-    """What the migrations folder holds."""
+class FolderScan(namedtuple("FolderScan", "folder migrations findings numbers")):
+    """What the migrations folder holds.
 
-    folder: str
-    migrations: List[Migration]  # the usable migrations, by number
-    findings: List[Finding]  # about names and files (check_folder adds contents)
-    numbers: List[int]  # the number in front of every *.sql name, usable or not
+    folder (str)
+    migrations (List[Migration]): the usable migrations, by number
+    findings (List[Finding]): about names and files (check_folder adds contents)
+    numbers (List[int]): the number in front of every *.sql name, usable or not
+    """
+
+    __slots__ = ()
 
     def blocking(self) -> List[Finding]:
         """The findings that leave the folder's meaning unclear: apply and
@@ -851,13 +868,16 @@ def _without_comments(sql: str) -> str:
     return _QUOTED_OR_COMMENT.sub(lambda m: " " if m.group(1) else m.group(0), sql)
 
 
-class _InFile(NamedTuple):
-    """Where a statement stands in its file, for the rules that care."""
+class _InFile(namedtuple("_InFile", "position size wrapped exact_wrapper")):
+    """Where a statement stands in its file, for the rules that care.
 
-    position: int  # from 0
-    size: int  # statements in the file
-    wrapped: bool  # the file is wrapped whole in BEGIN ... COMMIT/END
-    exact_wrapper: bool  # ... in exactly wrangler's `BEGIN TRANSACTION;` / `COMMIT;`
+    position (int): from 0
+    size (int): statements in the file
+    wrapped (bool): the file is wrapped whole in BEGIN ... COMMIT/END
+    exact_wrapper (bool): ... in exactly wrangler's `BEGIN TRANSACTION;` / `COMMIT;`
+    """
+
+    __slots__ = ()
 
     def at_edge(self) -> bool:
         return self.wrapped and self.position in (0, self.size - 1)
@@ -934,17 +954,19 @@ def _missing_semicolon(s: Statement, words: str, where: _InFile) -> Optional[str
     return None
 
 
-class D1Rule(NamedTuple):
-    """One thing D1 rejects or treats differently."""
+class D1Rule(namedtuple("D1Rule", "code severity blocks_remote keywords match")):
+    """One thing D1 rejects or treats differently.
 
-    code: str
-    severity: str  # "error" or "warning"
-    # Whether --d1-remote refuses a migration with this finding before
-    # sending anything (it splits statements itself, so a missing final ';'
-    # does not matter there).
-    blocks_remote: bool
-    keywords: Optional[frozenset]  # the statements it reads, by first word (None: all)
-    match: Callable[[Statement, str, _InFile], Optional[str]]  # the message, or None
+    code (str)
+    severity (str): "error" or "warning"
+    blocks_remote (bool): Whether --d1-remote refuses a migration with this finding
+        before sending anything (it splits statements itself, so a missing final ';'
+        does not matter there).
+    keywords (Optional[frozenset]): the statements it reads, by first word (None: all)
+    match (Callable[[Statement, str, _InFile], Optional[str]]): the message, or None
+    """
+
+    __slots__ = ()
 
 
 D1_RULES = (
@@ -1014,14 +1036,18 @@ def check_folder(migrations_dir: str) -> "tuple[List[Migration], List[Finding]]"
 # ==========================================================================
 
 
-class WranglerDatabase(NamedTuple):
-    """One D1 database of a wrangler config."""
+class WranglerDatabase(namedtuple(
+        "WranglerDatabase", "name database_id db_path migrations_dir migrations_table")):
+    """One D1 database of a wrangler config.
 
-    name: str  # the binding or database_name it was chosen by
-    database_id: str  # the remote database's id ("" when the config has none)
-    db_path: str  # the local SQLite file `wrangler ... --local` uses
-    migrations_dir: str
-    migrations_table: str
+    name (str): the binding or database_name it was chosen by
+    database_id (str): the remote database's id ("" when the config has none)
+    db_path (str): the local SQLite file `wrangler ... --local` uses
+    migrations_dir (str)
+    migrations_table (str)
+    """
+
+    __slots__ = ()
 
 
 _JSONC_COMMENT = re.compile(r'(?s)"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/')
@@ -1154,15 +1180,18 @@ def wrangler_database(config_path: str, database: Optional[str] = None,
 # ==========================================================================
 
 
-class D1Settings(NamedTuple):
-    """How to reach a remote D1 database over its HTTP API."""
+class D1Settings(namedtuple("D1Settings", "api_base account_id database_id token timeout retries")):
+    """How to reach a remote D1 database over its HTTP API.
 
-    api_base: str
-    account_id: str
-    database_id: str
-    token: str
-    timeout: float
-    retries: int
+    api_base (str)
+    account_id (str)
+    database_id (str)
+    token (str)
+    timeout (float)
+    retries (int)
+    """
+
+    __slots__ = ()
 
 
 class Options:
@@ -1330,18 +1359,23 @@ NOT_SENT = "not sent"  # remote: the stop came before it was sent
 ROLLED_BACK = "rolled back"  # a rollback: its down script ran and its record is gone
 
 
-class Outcome(NamedTuple):
-    """What became of one migration in a run."""
+class Outcome(namedtuple(
+        "Outcome", "action result version name path position total duration_ms error",
+        defaults=(None,))):
+    """What became of one migration in a run.
 
-    action: str  # "apply" or "rollback"
-    result: str  # APPLIED, WOULD_APPLY, UNDONE, FAILED, ... above
-    version: str
-    name: str
-    path: Optional[str]  # the file that ran (a rollback's down script; None: none)
-    position: int  # its place in the run, from 1, and the run's length
-    total: int
-    duration_ms: Optional[float]
-    error: Optional[MigrationError] = None
+    action (str): "apply" or "rollback"
+    result (str): APPLIED, WOULD_APPLY, UNDONE, FAILED, ... above
+    version (str)
+    name (str)
+    path (Optional[str]): the file that ran (a rollback's down script; None: none)
+    position (int): its place in the run, from 1, and the run's length
+    total (int)
+    duration_ms (Optional[float])
+    error (Optional[MigrationError])
+    """
+
+    __slots__ = ()
 
 
 class RunReport:
@@ -1395,28 +1429,36 @@ class RunReport:
 #    in the same transaction as the migration they describe.
 # ==========================================================================
 
-Entry = Tuple[str, list]
+if TYPE_CHECKING:
+    Entry = Tuple[str, list]  # one statement of bookkeeping: its SQL and parameters
 
 
-class AppliedRow(NamedTuple):
-    """A tracking row."""
+class AppliedRow(namedtuple("AppliedRow", "version name checksum applied_at duration_ms")):
+    """A tracking row.
 
-    version: str
-    name: str
-    checksum: str  # "" for a migration that only wrangler recorded
-    applied_at: str
-    duration_ms: float
+    version (str)
+    name (str)
+    checksum (str): "" for a migration that only wrangler recorded
+    applied_at (str)
+    duration_ms (float)
+    """
+
+    __slots__ = ()
 
 
-class Record(NamedTuple):
-    """The record of a database, as read."""
+class Record(namedtuple("Record", "own wrangler applied")):
+    """The record of a database, as read.
 
-    own: Optional[Dict[int, AppliedRow]]  # by number; None: no tracking table yet
-    wrangler: Optional[Dict[str, str]]  # file name -> applied_at; None: no table (or not kept)
-    # What counts as applied, by number: "0001" and "1" are one migration, so
-    # renaming 0001_x.sql to 1_x.sql does not make it pending.  In wrangler
-    # mode a migration only wrangler recorded counts too, with no checksum.
-    applied: Dict[int, AppliedRow]
+    own (Optional[Dict[int, AppliedRow]]): by number; None: no tracking table yet
+    wrangler (Optional[Dict[str, str]]): file name -> applied_at; None: no table (or not
+        kept)
+    applied (Dict[int, AppliedRow]): what counts as applied, by number: "0001" and "1"
+        are one migration, so renaming 0001_x.sql to 1_x.sql does not make it pending.
+        In wrangler mode a migration only wrangler recorded counts too, with no
+        checksum.
+    """
+
+    __slots__ = ()
 
 
 class Bookkeeping:
@@ -1540,27 +1582,27 @@ def _trusted_row(raw: tuple) -> bool:
 # ==========================================================================
 
 
-class Step(NamedTuple):
+class Step(namedtuple("Step", "action version name path statements hoisted record amend settled")):
     """One migration, or one rollback, ready to run: its statements and the
-    bookkeeping that commits with them, all checked before anything runs."""
+    bookkeeping that commits with them, all checked before anything runs.
 
-    action: str  # "apply" or "roll back", as messages say it
-    version: str
-    name: str
-    path: Optional[str]  # the file that runs; None: a rollback with no down script
-    statements: List[Tuple[int, Statement]]  # with their numbers in the file
-    # How many statements at the start are PRAGMA foreign_keys: SQLite
-    # honours it only outside a transaction, so a local target runs them
-    # before BEGIN (D1 ignores it).
-    hoisted: int
-    record: Callable[[float], List[Entry]]  # the bookkeeping, given the duration in ms
-    # The bookkeeping that corrects the recorded duration, for a target that
-    # learns it only from the answer (D1).
-    amend: Callable[[float], List[Entry]]
-    # Re-reads the record: True when the step's effect is already there
-    # (another process did it, or a lost answer hid that it ran); raises
-    # when the plan no longer holds (a later migration appeared meanwhile).
-    settled: Callable[[], bool]
+    action (str): "apply" or "roll back", as messages say it
+    version (str)
+    name (str)
+    path (Optional[str]): the file that runs; None: a rollback with no down script
+    statements (List[Tuple[int, Statement]]): with their numbers in the file
+    hoisted (int): how many statements at the start are PRAGMA foreign_keys: SQLite
+        honours it only outside a transaction, so a local target runs them before BEGIN
+        (D1 ignores it).
+    record (Callable[[float], List[Entry]]): the bookkeeping, given the duration in ms
+    amend (Callable[[float], List[Entry]]): the bookkeeping that corrects the recorded
+        duration, for a target that learns it only from the answer (D1).
+    settled (Callable[[], bool]): re-reads the record: True when the step's effect is
+        already there (another process did it, or a lost answer hid that it ran); raises
+        when the plan no longer holds (a later migration appeared meanwhile).
+    """
+
+    __slots__ = ()
 
 
 class Target:
@@ -2477,16 +2519,20 @@ class D1Target(Target):
 # ==========================================================================
 
 
-class MigrationStatus(NamedTuple):
-    """One migration as status shows it."""
+class MigrationStatus(namedtuple(
+        "MigrationStatus", "version name path state checksum applied_at duration_ms")):
+    """One migration as status shows it.
 
-    version: str
-    name: str
-    path: Optional[str]  # None when the file is gone
-    state: str  # "applied", "pending", "modified" or "missing"
-    checksum: str  # the file's, or the recorded one when the file is gone
-    applied_at: Optional[str]  # None unless applied
-    duration_ms: Optional[float]
+    version (str)
+    name (str)
+    path (Optional[str]): None when the file is gone
+    state (str): "applied", "pending", "modified" or "missing"
+    checksum (str): the file's, or the recorded one when the file is gone
+    applied_at (Optional[str]): None unless applied
+    duration_ms (Optional[float])
+    """
+
+    __slots__ = ()
 
 
 _FOREIGN_KEYS_PRAGMA = re.compile(
