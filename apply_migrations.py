@@ -58,6 +58,15 @@ Where a change goes:
   - a new output format: a Console method or a show_ function (13).
 
 The public API is __all__; every other name is an implementation detail.
+
+Start-up.  Every run pays for what the module imports, so three things stay
+that the benchmark shows are worth it (README, Performance): typing is not
+imported (annotations stay strings, and the named tuples say their fields'
+types in their docstrings): about 3 ms and 1 MB a run; argparse runs without
+its gettext lookups (which import locale and search the disk for catalogs)
+and without shutil (which brings the compression modules): about 4 ms and
+0.8 MB; and what only some commands need (json, urllib, hmac, tomllib,
+traceback, threading) is imported where it is used.
 """
 from __future__ import annotations
 
@@ -74,10 +83,7 @@ import time
 from collections import namedtuple
 from contextlib import contextmanager
 
-# Type hints are for type checkers only: annotations stay strings (the
-# __future__ import above), and the named tuples below say their fields'
-# types in their docstrings, because importing typing would cost every run
-# about 3 ms and 1 MB (README, Performance).
+# Type hints are for type checkers only (see Start-up above).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
@@ -3617,8 +3623,29 @@ class UsageError(SystemExit):
         super().__init__(EXIT_USAGE)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized as shutil.get_terminal_size would size it,
+    without importing shutil (see Start-up in the module docstring)."""
+
+    def __init__(self, prog: str, **options) -> None:
+        if options.get("width") is None:
+            try:
+                columns = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                try:
+                    columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    columns = 80
+            options["width"] = columns - 2
+        super().__init__(prog, **options)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
         self.print_usage(sys.stderr)
         text = f"{self.prog}: error: {message}"
         print(text, file=sys.stderr)
@@ -3626,6 +3653,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # argparse's own words stay English, as the tool's are (Start-up).
+    argparse._ = str  # type: ignore[attr-defined]
     output = ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout and nothing else there")

@@ -561,8 +561,10 @@ def test_imports_without_site_packages(tmp_path):
 
 def test_a_run_imports_only_what_it_needs(tmp_path):
     # Start-up is part of every run's cost (bench/): a local apply must not
-    # import what only some commands need: json (the wrangler config
-    # readers), what the D1 client needs, tomllib, traceback (--verbose).
+    # import shutil and the compression modules (argparse's formatter would),
+    # typing (hints are strings, for type checkers), locale (argparse's
+    # gettext lookups), or what only some commands need: json (the wrangler
+    # config readers), what the D1 client needs, tomllib, traceback (--verbose).
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "0001_a.sql").write_text("CREATE TABLE a (x);\n")
     proc = subprocess.run(
@@ -577,6 +579,6 @@ def test_a_run_imports_only_what_it_needs(tmp_path):
     code, _, modules = proc.stdout.strip().splitlines()[-1].partition(" ")
     assert code == "0"
     imported = set(ast.literal_eval(modules))
-    unneeded = {"json", "urllib.request", "http.client", "socket", "hmac", "tomllib",
-                "traceback"}
+    unneeded = {"shutil", "bz2", "lzma", "typing", "locale", "json", "urllib.request",
+                "http.client", "socket", "hmac", "tomllib", "traceback"}
     assert not imported & unneeded
