@@ -992,8 +992,10 @@ _EXCLUSIVE_RULES = frozenset(("unauthorized-pragma", "foreign-keys-off"))
 
 
 def check_statements(path: str, statements: Sequence[Statement],
-                     rules: Sequence[D1Rule] = D1_RULES) -> List[Finding]:
-    """The findings of `rules` in one file's statements."""
+                     rules: Optional[Sequence[D1Rule]] = None) -> List[Finding]:
+    """The findings of `rules` (default: D1_RULES) in one file's statements."""
+    if rules is None:
+        rules = D1_RULES
     findings: List[Finding] = []
     count = len(statements)
     wrapped = (count >= 2 and statements[0].keyword == "BEGIN"
@@ -2912,25 +2914,32 @@ class _Run:
         """Each pending migration in its own transaction."""
         migrator, report = self.migrator, self.report_
         record = migrator.read()
+        steps = self._steps(record, [])  # every check before the first write
         entries, report.synced = self.book.ensure(record)
         if entries:
             self.db.ensure(entries)
-            record = migrator.read()  # what is read after a write is what counts
-        pending = migrator.plan(record.applied, self.target, self.allow_out_of_order)
-        self._count_beyond(record.applied)
-        # Check every pending file before running any: a bad file further
-        # down must not leave the run half done.
-        try:
-            steps = [self.apply_step(m) for m in pending]
-        except MigrationFailed as exc:
-            raise exc.with_note(
-                "nothing was applied: every pending file is checked before any runs") from None
+            # What is read after a write is what counts (another process may
+            # have applied something meanwhile).
+            record = migrator.read()
+            steps = self._steps(record, steps)
         if steps and self.backup is not None:
             self._backup()
         report.planned = len(steps)
         for index, step in enumerate(steps, 1):
             migrator._check_stop()
             self.run(step, index, APPLIED)
+
+    def _steps(self, record: Record, prepared: List[Step]) -> List[Step]:
+        """The pending migrations, each prepared (split and checked) once: a
+        bad file further down must not leave the run half done."""
+        pending = self.migrator.plan(record.applied, self.target, self.allow_out_of_order)
+        self._count_beyond(record.applied)
+        known = {step.name: step for step in prepared}
+        try:
+            return [known.get(m.name) or self.apply_step(m) for m in pending]
+        except MigrationFailed as exc:
+            raise exc.with_note(
+                "nothing was applied: every pending file is checked before any runs") from None
 
     def whole(self, commit: bool) -> None:
         """The whole run in one transaction: committed (single_transaction)
