@@ -2271,13 +2271,14 @@ class D1Client:
         except ValueError:
             return status, None
 
-    def request(self, kind: str, body: dict, idempotent: bool) -> list:
-        """POST with retries where safe; the `result` list of D1's envelope."""
+    def request(self, kind: str, body: dict, idempotent: bool, results: int) -> list:
+        """POST with retries where safe; the `result` list of D1's envelope,
+        which must hold one result for each of the `results` statements."""
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
                 status, payload = self._post_once(kind, body)
-                if status == 200 and not _is_envelope(payload):
+                if status == 200 and not _is_envelope(payload, results):
                     # Not D1's answer (a proxy's page, a truncated body):
                     # whether a write ran is unknown.
                     raise _Transient("HTTP 200 from D1 with a body that is not D1's answer",
@@ -2292,8 +2293,8 @@ class D1Client:
                         f" attempt{'s' if attempt else ''}")) from None
                 self.pause(min(transient.delay if transient.delay is not None else delay, 60.0))
                 delay *= 2
-        if isinstance(payload, dict) and payload.get("success") is True:
-            return payload["result"] or []
+        if status == 200:
+            return payload["result"]  # type: ignore[index]
         errors = payload.get("errors") if isinstance(payload, dict) else None
         if isinstance(errors, list) and errors and all(isinstance(e, dict) for e in errors):
             code = errors[0].get("code")
@@ -2314,24 +2315,26 @@ class D1Client:
         """Run statements as one batch, one D1 transaction; per-statement results."""
         return self.request("query", {"batch": [{"sql": sql, "params": params}
                                                 for sql, params in statements]},
-                            idempotent)
+                            idempotent, len(statements))
 
     def rows(self, sql: str, params: tuple = ()) -> List[tuple]:
-        result = self.request("raw", {"sql": sql, "params": list(params)}, idempotent=True)
-        try:
-            return [tuple(row) for row in (result[-1]["results"].get("rows") or [])] \
-                if result else []
-        except (AttributeError, KeyError, TypeError, IndexError):
-            raise D1Error("D1 answered a read with rows in an unexpected shape") from None
+        result = self.request("raw", {"sql": sql, "params": list(params)}, idempotent=True,
+                              results=1)
+        rows = result[-1].get("results")
+        rows = rows.get("rows") if isinstance(rows, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+            raise D1Error("D1 answered a read with its rows in an unexpected shape")
+        return [tuple(row) for row in rows]
 
 
-def _is_envelope(payload: object) -> bool:
-    """Whether a 200's body is D1's answer: success with a list of results."""
+def _is_envelope(payload: object, results: int) -> bool:
+    """Whether a 200's body is D1's answer: success, with one successful
+    result for each statement sent."""
     if not isinstance(payload, dict) or payload.get("success") is not True:
         return False
     result = payload.get("result")
-    return result is None or (isinstance(result, list)
-                              and all(isinstance(r, dict) for r in result))
+    return (isinstance(result, list) and len(result) == results
+            and all(isinstance(r, dict) and r.get("success") is not False for r in result))
 
 
 def _retry_after(headers) -> Optional[float]:
@@ -2409,7 +2412,7 @@ class D1Target(Target):
             duration = _d1_duration(result[:len(step.statements)])
             amend = step.amend(duration)
             try:
-                if amend:
+                if amend and self._stop_signal is None:  # after a stop, nothing more is sent
                     self.client.batch(amend, idempotent=True)
             except D1Error:
                 pass  # only the recorded duration is lost
@@ -2593,14 +2596,13 @@ def prepare_statements(migration: Migration, action: str = "apply",
     if (len(statements) >= 2 and statements[0].keyword == "BEGIN"
             and statements[-1].keyword in ("COMMIT", "END")):
         numbered = numbered[1:-1]
-    nothing = "nothing was applied" if action == "apply" else "nothing was rolled back"
     for number, statement in numbered:
         if statement.keyword in TRANSACTION_KEYWORDS:
             raise MigrationFailed(
                 migration.name, migration.path,
                 f"{statement.keyword} is not allowed inside a migration: each file"
                 " already runs in its own transaction (a BEGIN ... COMMIT around the"
-                f" whole file is accepted); {nothing}",
+                " whole file is accepted)",
                 number, statement.line, statement.sql, action=action)
     if d1_rules:
         rules = [rule for rule in D1_RULES if rule.blocks_remote]
@@ -2608,7 +2610,7 @@ def prepare_statements(migration: Migration, action: str = "apply",
             number = next(n for n, s in numbered if s.line == finding.line)
             raise MigrationFailed(
                 migration.name, migration.path,
-                f"D1 would reject it: {finding.message}; nothing was sent",
+                f"D1 would reject it: {finding.message}",
                 number, finding.line, action=action)
     return numbered
 
@@ -3009,8 +3011,11 @@ class _Run:
             problem = _not_a_file(path)
             if problem:
                 raise MigrationFileError(f"{path}: {problem[2]}. Nothing was rolled back.")
-            statements = prepare_statements(Migration(row.version, row.name, path),
-                                            "roll back", self.db.d1_rules)
+            try:
+                statements = prepare_statements(Migration(row.version, row.name, path),
+                                                "roll back", self.db.d1_rules)
+            except MigrationFailed as exc:
+                raise exc.with_note("nothing was rolled back") from None
 
         def settled() -> bool:
             applied = self.migrator.read().applied

@@ -217,8 +217,8 @@ def test_a_new_d1_rule_is_one_entry(project, write_migration, run_cli, monkeypat
         sent = [r for r in fake.requests if r["kind"] == "query"]
     if blocks_remote:
         assert code == 1
-        assert "D1 would reject it: DROP TABLE is not allowed here (a test rule);" \
-               " nothing was sent (0002_b.sql, statement 2, line 2)" in err
+        assert "D1 would reject it: DROP TABLE is not allowed here (a test rule)" \
+               " (0002_b.sql, statement 2, line 2); nothing was applied" in err
         assert tracked == [] and sent == []
     else:
         assert code == 0, err
