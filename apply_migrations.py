@@ -1754,6 +1754,10 @@ class _SQLiteConnection:
         if os.path.isdir(path):
             raise DatabaseConnectError(f"{path} is a directory, not a database file")
         exists = os.path.exists(path)
+        if exists and not os.path.isfile(path):
+            # Opening a FIFO would wait for a writer for ever.
+            raise DatabaseConnectError(
+                f"{path} is not a regular file (a FIFO, socket or device), not a database")
         if mode in ("read", "change") and not exists:
             return False
         # Also for a dry run's stand-in: a real run would stop here.
@@ -3157,7 +3161,18 @@ class Console:
                 stream.flush()
         except (OSError, ValueError) as exc:
             if not to_stderr:
-                self.lost = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                self._lose(exc)
+
+    def _lose(self, exc: Exception) -> None:
+        self.lost = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+    def flush(self) -> None:
+        """Push out what say() held back; a failure is noted as any write's."""
+        if sys.stdout is not None and self.lost is None:
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError) as exc:
+                self._lose(exc)
 
     def paint(self, text: str, color: str, to_stderr: bool = False) -> str:
         if self.color and _is_tty(sys.stderr if to_stderr else sys.stdout):
@@ -3823,6 +3838,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         console._write("Interrupted\n", True)
         code = EXIT_INTERRUPTED
+    console.flush()
     if console.lost is not None:
         console._write(f"Error: Cannot write to standard output ({console.lost}); the command"
                        f" ran to its end{'' if code else ' and succeeded'}, but its output is"
