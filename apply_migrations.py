@@ -1303,8 +1303,9 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
         path = environ.get(DB_PATH_VARIABLE, "").strip()
         if not path:
             raise ConfigurationError(
-                f"{DB_PATH_VARIABLE} is not set: --env production reads the database"
-                f" path from it. Set {DB_PATH_VARIABLE}=/path/to/db or pass {_opt('db_path')}.")
+                f"{DB_PATH_VARIABLE} is {'empty' if DB_PATH_VARIABLE in environ else 'not set'}:"
+                " --env production reads the database path from it. Set"
+                f" {DB_PATH_VARIABLE}=/path/to/db or pass {_opt('db_path')}.")
         options.db_path = path
     if options.dry_run and options.backup is not None:
         raise ConfigurationError(f"{_opt('backup')} and {_opt('dry_run')} exclude each other:"

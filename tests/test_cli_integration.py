@@ -627,13 +627,14 @@ def test_bad_option_with_json_gives_an_error_object(project, run_subprocess):
     assert error["exit_code"] == 2
 
 
+@pytest.mark.parametrize("value,said", [(None, "not set"), ("", "empty"), ("  ", "empty")])
 @pytest.mark.parametrize("command", ["init", "status", "apply", "rollback"])
-def test_exit_2_missing_d1_database_path(project, run_subprocess, four, command):
+def test_exit_2_missing_d1_database_path(project, run_subprocess, four, command, value, said):
     code, out, err = run_subprocess([command, "--env", "production"],
-                                    env={"D1_DATABASE_PATH": ""})
+                                    env={"D1_DATABASE_PATH": value})
     assert code == 2
     assert stderr_lines(err) == [
-        "Error: D1_DATABASE_PATH is not set: --env production reads the database path"
+        f"Error: D1_DATABASE_PATH is {said}: --env production reads the database path"
         " from it. Set D1_DATABASE_PATH=/path/to/db or pass --db-path."]
     assert not (project / DB).exists()
 
