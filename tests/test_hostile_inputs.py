@@ -691,6 +691,24 @@ LONG_STATEMENT = (
     " LIMIT 1000000000) SELECT n FROM c);\n")
 
 
+def interrupt_once_writing(project: Path, argv: List[str], db: Path,
+                           delay: float = 0.0) -> "tuple[int, str]":
+    """Run the tool; send SIGINT `delay` s after its first write to db (the
+    journal appears); its exit code and stderr."""
+    proc = subprocess.Popen(tool_cmd(argv), cwd=str(project), env=tool_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_file(Path(str(db) + "-journal"), proc)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err.decode("utf-8", "replace")
+
+
 @needs_posix
 def test_ctrl_c_in_single_transaction_rolls_back_the_whole_run(project, write_migration):
     write_migration("0001_a.sql", "CREATE TABLE a (x);\nINSERT INTO a VALUES (1);\n")
@@ -700,19 +718,9 @@ def test_ctrl_c_in_single_transaction_rolls_back_the_whole_run(project, write_mi
                     + LONG_STATEMENT)
     write_migration("0003_c.sql", "CREATE TABLE c (x);\n")
     db = project / DB
-    proc = subprocess.Popen(tool_cmd(["apply", "--single-transaction"]), cwd=str(project),
-                            env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for_file(Path(str(db) + "-journal"), proc)
-        time.sleep(0.3)  # well into 0002's long statement
-        proc.send_signal(signal.SIGINT)
-        out, err_bytes = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = err_bytes.decode("utf-8", "replace")
-    assert proc.returncode == 130, err
+    # 0.3 s after the journal appears: well into 0002's long statement.
+    code, err = interrupt_once_writing(project, ["apply", "--single-transaction"], db, 0.3)
+    assert code == 130, err
     assert "Traceback" not in err, err
     assert err.splitlines()[-1] == (
         "Interrupted: the whole run was rolled back; 0 migrations applied in this run"), err
@@ -734,18 +742,8 @@ def test_ctrl_c_between_many_short_statements_rolls_back(project, run_subprocess
     write(folder, "0002_after.sql", "CREATE TABLE after (x);\n")
     db = project / DB
     assert run_subprocess(["init", "-q"])[0] == 0  # the journal is then the migration's own
-    proc = subprocess.Popen(tool_cmd(["apply"]), cwd=str(project), env=tool_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for_file(Path(str(db) + "-journal"), proc)
-        proc.send_signal(signal.SIGINT)
-        out, err_bytes = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = err_bytes.decode("utf-8", "replace")
-    assert proc.returncode == 130, err
+    code, err = interrupt_once_writing(project, ["apply"], db)
+    assert code == 130, err
     assert "Traceback" not in err, err
     last = err.splitlines()[-1]
     assert last.startswith("Interrupted:") and "rolled back" in last and "0001_rows" in last, err

@@ -222,23 +222,32 @@ def hold(fake: FakeD1, predicate: Callable[[dict], bool], action=None) -> thread
     return release
 
 
-@SIGNALS
-def test_signal_while_a_batch_is_in_flight_lets_it_finish_and_sends_nothing_more(
-        project, write_migration, fake, signum):
-    three_migrations(write_migration)
-    release = hold(fake, is_batch("0002"))
+def signal_while_held(fake: FakeD1, project: Path, signum: int,
+                      release: threading.Event) -> Tuple[float, Tuple[int, str, str]]:
+    """Start `apply --d1-remote`, signal it once 0002's batch is held at the
+    fake, give the handler 0.2 s, then release the batch: the time of the
+    signal, and the tool's (code, stdout, stderr)."""
     proc = start_tool(fake, project, ["apply", "--d1-remote", "--http-timeout", "10"])
     try:
         wait_until(lambda: sends(fake, "0002"), "the batch of 0002")
         stopped_at = time.monotonic()
         proc.send_signal(signum)
-        time.sleep(0.2)  # let the handler run while the request is in flight
+        time.sleep(0.2)
     except BaseException:
         proc.kill()
         raise
     finally:
         release.set()
-    code, out, err = finish(proc)
+    return stopped_at, finish(proc)
+
+
+@SIGNALS
+def test_signal_while_a_batch_is_in_flight_lets_it_finish_and_sends_nothing_more(
+        project, write_migration, fake, signum):
+    three_migrations(write_migration)
+    release = hold(fake, is_batch("0002"))
+    # let the handler run while the request is in flight
+    stopped_at, (code, out, err) = signal_while_held(fake, project, signum, release)
     assert code == 128 + signum, (code, err)
     line = interrupted_line(err)
     # the batch in flight was let finish, and D1 committed it
@@ -310,18 +319,8 @@ def test_signal_pending_when_the_answer_is_lost_says_status_tells(
         project, write_migration, fake, run_subprocess, signum, lost, state):
     three_migrations(write_migration)
     release = hold(fake, is_batch("0002"), lost)
-    proc = start_tool(fake, project, ["apply", "--d1-remote", "--http-timeout", "10"])
-    try:
-        wait_until(lambda: sends(fake, "0002"), "the batch of 0002")
-        stopped_at = time.monotonic()
-        proc.send_signal(signum)
-        time.sleep(0.2)  # the stop is pending before the answer is lost
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        release.set()
-    code, out, err = finish(proc)
+    # the stop is pending before the answer is lost
+    stopped_at, (code, out, err) = signal_while_held(fake, project, signum, release)
     assert code == 128 + signum, (code, err)
     line = interrupted_line(err)
     assert "0002_tags" in line and "wholly or not at all" in line and "status" in line, line
