@@ -1352,7 +1352,7 @@ def _d1_settings(values: Mapping[str, object], environ: Mapping[str, str],
 
 
 # ==========================================================================
-# 8. Outcomes: what happened to each migration, as data.  Migrator._report is
+# 8. Outcomes: what happened to each migration, as data.  _Run.report (12) is
 #    the one place an Outcome is made known; the output, and anything that
 #    wants to know (a history table, metrics), reads it from there.
 # ==========================================================================
