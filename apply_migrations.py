@@ -916,9 +916,11 @@ def _unauthorized_pragma(s: Statement, words: str, where: _InFile) -> Optional[s
 
 def _foreign_keys_off(s: Statement, words: str, where: _InFile) -> Optional[str]:
     if _FOREIGN_KEYS_OFF.match(words):
-        return ("PRAGMA foreign_keys = OFF has no effect on D1, which always enforces"
-                " foreign keys (a DROP TABLE of a parent can delete child rows);"
-                " use PRAGMA defer_foreign_keys = ON instead")
+        return ("PRAGMA foreign_keys = OFF does nothing on D1, which accepts it and keeps"
+                " enforcing foreign keys: a DROP TABLE of a table that others reference"
+                " still deletes their rows (ON DELETE CASCADE), empties their references"
+                " (SET NULL) or fails when they have rows; PRAGMA defer_foreign_keys = ON"
+                " helps only where every reference is a plain one")
     return None
 
 
@@ -979,7 +981,7 @@ D1_RULES = (
     D1Rule("transaction-wrapper", "warning", False, TRANSACTION_KEYWORDS, _transaction_wrapper),
     D1Rule("transaction-statement", "error", True, TRANSACTION_KEYWORDS, _transaction_statement),
     D1Rule("unauthorized-pragma", "error", True, frozenset(("PRAGMA",)), _unauthorized_pragma),
-    D1Rule("foreign-keys-off", "error", True, frozenset(("PRAGMA",)), _foreign_keys_off),
+    D1Rule("foreign-keys-off", "warning", False, frozenset(("PRAGMA",)), _foreign_keys_off),
     D1Rule("unauthorized-statement", "error", True, frozenset(("ATTACH", "DETACH", "VACUUM")),
            _unauthorized_statement),
     D1Rule("statement-too-long", "error", True, None, _statement_too_long),
@@ -1267,7 +1269,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
             raise ConfigurationError(
                 f"{_opt(name)} is empty; give a value, or leave the option out for its default")
     # The values that pass as they are; the rest is worked out below.
-    plain = ("command", "wrangler_config", "foreign_keys", "target", "allow_out_of_order",
+    plain = ("command", "wrangler_config", "target", "allow_out_of_order",
              "single_transaction", "dry_run", "backup", "version", "force", "exit_code",
              "description", "json", "quiet", "verbose")
     options = Options(**{name: get(name) for name in plain if get(name) is not None})
@@ -1286,6 +1288,11 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
                 raise ConfigurationError(
                     f"{_opt(name)} {get(name)} needs {_opt('wrangler_config')}: it selects"
                     f" within the wrangler config, and no config was given.{hint}")
+    if get("foreign_keys") and get("no_foreign_keys"):
+        raise ConfigurationError(f"{_opt('foreign_keys')} and {_opt('no_foreign_keys')}"
+                                 " exclude each other")
+    # wrangler's local file stands in for D1, which always enforces them.
+    options.foreign_keys = bool(get("foreign_keys") or (config and not get("no_foreign_keys")))
     options.wrangler_table = str(get("wrangler_table") or "") or (
         found.migrations_table if found else WRANGLER_TABLE if get("wrangler") else None)
     options.migrations_dir = str(get("migrations_dir") or (
@@ -1718,6 +1725,13 @@ def _describe_sqlite_error(exc: Exception, db_path: str) -> Optional[MigrationEr
     return None
 
 
+def _existing_ancestor(folder: str) -> str:
+    """The nearest folder at or above `folder` that exists."""
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
 def _describe_statement(name: str, number: int, statement: Statement, seconds: float) -> str:
     text = " ".join(statement.sql.split())
     if len(text) > 80:
@@ -1732,8 +1746,10 @@ class _SQLiteConnection:
     SQLite's progress handler acts on.  What SQLiteTarget runs on."""
 
     def __init__(self, path: str, lock_timeout: float, foreign_keys: bool,
-                 on_slow_statement: Optional[Callable[[str, int, int, float], None]]):
+                 on_slow_statement: Optional[Callable[[str, int, int, float], None]],
+                 create_folder: bool = False):
         self.path = path
+        self.create_folder = create_folder
         self.lock_timeout = lock_timeout
         self.foreign_keys = foreign_keys
         self.on_slow_statement = on_slow_statement
@@ -1765,9 +1781,12 @@ class _SQLiteConnection:
         folder = os.path.dirname(os.path.abspath(path))
         shown = os.path.dirname(path) or folder
         if not os.path.isdir(folder):
-            raise DatabaseConnectError(f"the folder {shown} of database {path} does not exist")
+            if not self.create_folder:
+                raise DatabaseConnectError(
+                    f"the folder {shown} of database {path} does not exist")
+            self._make_folder(folder, shown, dry_run=mode == "dry-run")
         if mode == "dry-run" and not exists:
-            if not os.access(folder, os.W_OK | os.X_OK):
+            if not os.access(_existing_ancestor(folder), os.W_OK | os.X_OK):
                 raise DatabaseConnectError(f"cannot create {path}: its folder {shown} is not"
                                            " writable")
             self.conn = self._connect(":memory:", uri=False, readonly=False)
@@ -1784,6 +1803,18 @@ class _SQLiteConnection:
         uri_mode = "rw" if leaves_files or mode == "change" else "ro" if readonly else "rwc"
         self.conn = self._connect(_sqlite_uri(path, uri_mode), uri=True, readonly=readonly)
         return True
+
+    @staticmethod
+    def _make_folder(folder: str, shown: str, dry_run: bool) -> None:
+        """A missing folder that wrangler would create (its state folder):
+        made, as wrangler makes it on first use; a dry run makes nothing."""
+        if dry_run:
+            return
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseConnectError(f"cannot create the folder {shown}: {exc.strerror}"
+                                       ) from None
 
     def _connect(self, target: str, uri: bool, readonly: bool) -> sqlite3.Connection:
         try:
@@ -1918,7 +1949,9 @@ class SQLiteTarget(Target):
     """A local SQLite database file (wrangler's local D1 file included).
 
     A step and its bookkeeping commit together, and any failure, Ctrl-C
-    included, rolls both back before the exception leaves.  Output goes
+    included, rolls both back before the exception leaves.  With
+    create_folder, a missing folder of the database is made (wrangler's
+    state folder, which wrangler makes on first use).  Output goes
     only through the optional callbacks: ``log`` gets one line per
     statement with its timing, ``on_slow_statement`` is called a few times
     a second while one statement has run longer than two seconds.
@@ -1927,12 +1960,13 @@ class SQLiteTarget(Target):
     def __init__(self, path: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
                  foreign_keys: bool = False,
                  log: Optional[Callable[[str], None]] = None,
-                 on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None):
+                 on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
+                 create_folder: bool = False):
         self.path = self.name = path
         self.foreign_keys = foreign_keys
         self.log = log
         self.db = _SQLiteConnection(path, check_seconds("lock_timeout", lock_timeout),
-                                    foreign_keys, on_slow_statement)
+                                    foreign_keys, on_slow_statement, create_folder)
         self._seen_version: Optional[int] = None  # data_version when the record was read
         self._capture = True
         self._orphans_checked = False
@@ -2591,11 +2625,14 @@ def plan_migrations(migrations: List[Migration], applied: Dict[int, AppliedRow],
 
 
 def prepare_statements(migration: Migration, action: str = "apply",
-                       d1_rules: bool = False) -> List[Tuple[int, Statement]]:
+                       d1_rules: bool = False,
+                       warn: Optional[Callable[[str], None]] = None
+                       ) -> List[Tuple[int, Statement]]:
     """A file's statements, numbered, ready to run: split, with transaction
-    control inside refused (and, for D1, what D1 would reject).  A file
-    wrapped whole in BEGIN ... COMMIT keeps its meaning: the two are dropped
-    and the rest runs in the tool's own transaction."""
+    control inside refused (and, for D1, what D1 would reject; what it
+    treats differently goes to `warn`).  A file wrapped whole in BEGIN ...
+    COMMIT keeps its meaning: the two are dropped and the rest runs in the
+    tool's own transaction."""
     statements = migration.statements(action)
     numbered = list(enumerate(statements, 1))
     if (len(statements) >= 2 and statements[0].keyword == "BEGIN"
@@ -2610,8 +2647,12 @@ def prepare_statements(migration: Migration, action: str = "apply",
                 " whole file is accepted)",
                 number, statement.line, statement.sql, action=action)
     if d1_rules:
-        rules = [rule for rule in D1_RULES if rule.blocks_remote]
+        rules = [rule for rule in D1_RULES if rule.blocks_remote or rule.severity == "warning"]
         for finding in check_statements(migration.path, [s for _, s in numbered], rules):
+            if finding.severity == "warning":
+                if warn is not None:
+                    warn(f"{finding.path}:{finding.line}: {finding.message} [{finding.code}]")
+                continue
             number = next(n for n, s in numbered if s.line == finding.line)
             raise MigrationFailed(
                 migration.name, migration.path,
@@ -2674,7 +2715,8 @@ class Migrator:
                  log: Optional[Callable[[str], None]] = None,
                  on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
                  on_outcome: Optional[Callable[[Outcome], None]] = None,
-                 on_backup: Optional[Callable[[str], None]] = None):
+                 on_backup: Optional[Callable[[str], None]] = None,
+                 on_warning: Optional[Callable[[str], None]] = None):
         if isinstance(database, Target):
             self.target = database
         else:
@@ -2685,20 +2727,23 @@ class Migrator:
         self.book = Bookkeeping(wrangler_table)
         self.on_outcome = on_outcome
         self.on_backup = on_backup
+        self.on_warning = on_warning
         self._scan: Optional[FolderScan] = None
         self._stop_signal: Optional[int] = None
 
     @classmethod
     def from_options(cls, options: Options, *, log: Optional[Callable[[str], None]] = None,
-                     on_slow_statement=None, on_outcome=None, on_backup=None) -> "Migrator":
+                     on_slow_statement=None, on_outcome=None, on_backup=None,
+                     on_warning=None) -> "Migrator":
         if options.remote is not None:
             target: Target = D1Target(D1Client(options.remote, log=log))
         else:
             target = SQLiteTarget(options.db_path, lock_timeout=options.lock_timeout,
                                   foreign_keys=options.foreign_keys, log=log,
-                                  on_slow_statement=on_slow_statement)
+                                  on_slow_statement=on_slow_statement,
+                                  create_folder=options.wrangler_config is not None)
         return cls(target, options.migrations_dir, wrangler_table=options.wrangler_table,
-                   on_outcome=on_outcome, on_backup=on_backup)
+                   on_outcome=on_outcome, on_backup=on_backup, on_warning=on_warning)
 
     @property
     def database(self) -> str:
@@ -2738,6 +2783,9 @@ class Migrator:
                     f"{first.path}: {first.message}{more}."
                     + (f" {nothing_done}" if nothing_done else ""))
             self._scan = scan
+            if self.on_warning is not None:
+                for warning in self.warnings:
+                    self.on_warning(warning)
         return self._scan
 
     def migrations(self) -> List[Migration]:
@@ -2991,7 +3039,7 @@ class _Run:
             self.report(step, index, APPLIED if commit else WOULD_APPLY, ms)
 
     def apply_step(self, migration: Migration) -> Step:
-        statements = prepare_statements(migration, "apply", self.db.d1_rules)
+        statements = prepare_statements(migration, "apply", self.db.d1_rules, self._warn)
 
         def settled() -> bool:
             applied = self.migrator.read().applied
@@ -3018,7 +3066,7 @@ class _Run:
                 raise MigrationFileError(f"{path}: {problem[2]}. Nothing was rolled back.")
             try:
                 statements = prepare_statements(Migration(row.version, row.name, path),
-                                                "roll back", self.db.d1_rules)
+                                                "roll back", self.db.d1_rules, self._warn)
             except MigrationFailed as exc:
                 raise exc.with_note("nothing was rolled back") from None
 
@@ -3059,6 +3107,11 @@ class _Run:
         self.report_.outcomes.append(outcome)
         if self.migrator.on_outcome is not None:
             self.migrator.on_outcome(outcome)
+
+    def _warn(self, warning: str) -> None:
+        self.report_.warnings.append(warning)
+        if self.migrator.on_warning is not None:
+            self.migrator.on_warning(warning)
 
     def _count_beyond(self, applied: Dict[int, AppliedRow]) -> None:
         if self.target is not None:
@@ -3495,27 +3548,8 @@ def _migrator(options: Options, console: Console) -> Migrator:
         options, log=console.log if options.verbose else None,
         on_slow_statement=console.tick if console.wants_ticks() else None,
         on_outcome=lambda outcome: show_progress(console, outcome),
-        on_backup=lambda path: console.say(f"Backed up {options.db_path} to {path}"))
-
-
-def _make_state_folder(options: Options) -> None:
-    """wrangler creates its state folder on first use; so does this tool."""
-    if options.wrangler_config and options.remote is None and not options.dry_run:
-        folder = os.path.dirname(options.db_path) or "."
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"Cannot create wrangler's state folder {folder}: {exc.strerror}") from None
-
-
-def _warn_all(console: Console, migrator: Migrator) -> None:
-    try:
-        warnings = migrator.warnings
-    except MigrationError:
-        return  # the command itself reports what is wrong with the folder
-    for warning in warnings:
-        console.warn(warning)
+        on_backup=lambda path: console.say(f"Backed up {options.db_path} to {path}"),
+        on_warning=console.warn)
 
 
 @contextmanager
@@ -3536,7 +3570,6 @@ def _stop_on_signals(migrator: Migrator) -> Iterator[None]:
 
 
 def cmd_init(options: Options, console: Console) -> int:
-    _make_state_folder(options)
     with _migrator(options, console) as migrator:
         report = migrator.init()
     if console.json:
@@ -3554,7 +3587,6 @@ def cmd_init(options: Options, console: Console) -> int:
 def cmd_status(options: Options, console: Console) -> int:
     with _migrator(options, console) as migrator:
         states = migrator.status()
-        _warn_all(console, migrator)
         exists = options.remote is not None or os.path.exists(options.db_path)
         counts = show_status(console, migrator.database, exists, migrator.migrations_dir, states)
     if options.exit_code and (counts["pending"] or counts["modified"] or counts["missing"]):
@@ -3563,9 +3595,7 @@ def cmd_status(options: Options, console: Console) -> int:
 
 
 def cmd_apply(options: Options, console: Console) -> int:
-    _make_state_folder(options)
     with _migrator(options, console) as migrator, _stop_on_signals(migrator):
-        _warn_all(console, migrator)
         try:
             report = migrator.apply(
                 options.target, allow_out_of_order=options.allow_out_of_order,
@@ -3770,7 +3800,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="copy the database first (default: beside it, with a UTC"
                             " timestamp in the name)")
     apply.add_argument("--foreign-keys", action="store_true",
-                       help="enforce foreign keys as D1 does and check them after each migration")
+                       help="enforce foreign keys as D1 does and check them after each migration"
+                            " (the default with --wrangler-config)")
+    apply.add_argument("--no-foreign-keys", action="store_true",
+                       help="with --wrangler-config: do not enforce them (D1 does)")
     apply.set_defaults(handler=cmd_apply)
 
     rollback = commands.add_parser("rollback", parents=[common],
@@ -3780,7 +3813,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--force", action="store_true",
                           help="roll back even though later migrations are applied")
     rollback.add_argument("--foreign-keys", action="store_true",
-                          help="enforce foreign keys as D1 does while rolling back")
+                          help="enforce foreign keys as D1 does while rolling back"
+                               " (the default with --wrangler-config)")
+    rollback.add_argument("--no-foreign-keys", action="store_true",
+                          help="with --wrangler-config: do not enforce them (D1 does)")
     rollback.set_defaults(handler=cmd_rollback)
 
     check = commands.add_parser(

@@ -892,3 +892,32 @@ def test_wrangler_rows_count_as_applied_and_are_backfilled(write_migration, remo
     assert code == 0, err
     assert "Nothing to apply" in out
     assert d1.rows("SELECT count(*) FROM items") == [(0,)]
+
+
+# --------------------------------------------------------------------------
+# What D1 accepts is sent (issue 16)
+
+DRIZZLE_REBUILD = (
+    "PRAGMA foreign_keys=OFF;--> statement-breakpoint\n"
+    "CREATE TABLE `__new_items` (`id` integer PRIMARY KEY NOT NULL, `name` text NOT NULL,"
+    " `note` text);\n--> statement-breakpoint\n"
+    "INSERT INTO `__new_items`(\"id\", \"name\") SELECT \"id\", \"name\" FROM `items`;"
+    "--> statement-breakpoint\n"
+    "DROP TABLE `items`;--> statement-breakpoint\n"
+    "ALTER TABLE `__new_items` RENAME TO `items`;--> statement-breakpoint\n"
+    "PRAGMA foreign_keys=ON;\n")
+
+
+def test_drizzle_rebuild_with_foreign_keys_off_applies_with_a_warning(write_migration,
+                                                                     remote_inproc, d1: D1Api):
+    # D1 accepts PRAGMA foreign_keys = OFF and ignores it: the tool sends it
+    # too, and warns what it does not do.
+    write_migration("0001_items.sql", M1 + "INSERT INTO items (name) VALUES ('one');\n")
+    write_migration("0002_rebuild.sql", DRIZZLE_REBUILD)
+    code, out, err = remote_inproc("apply")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1 and "0002_rebuild.sql:1:" in warnings[0] \
+        and "[foreign-keys-off]" in warnings[0], err
+    assert [name for _, name in d1.tracking()] == ["0001_items", "0002_rebuild"]
+    assert d1.rows("SELECT id, name, note FROM items") == [(1, "one", None)]

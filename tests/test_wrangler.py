@@ -713,3 +713,55 @@ def test_rollback_makes_wrangler_see_the_migration_pending(tool_then_wrangler):
     listing = tool_then_wrangler.listing
     assert listing.returncode == 0, listing.describe()
     assert to_be_applied(listing) == ["0004_add_user_name.sql"]
+
+
+# --------------------------------------------------------------------------
+# wrangler's local file behaves as D1 by default (issue 16)
+
+CASCADE_SCHEMA = ("CREATE TABLE parent (id INTEGER PRIMARY KEY);\n"
+                  "CREATE TABLE child (id INTEGER PRIMARY KEY,"
+                  " parent_id INTEGER REFERENCES parent (id) ON DELETE CASCADE);\n"
+                  "INSERT INTO parent VALUES (1), (2);\n"
+                  "INSERT INTO child VALUES (10, 1), (20, 2);\n")
+
+
+@pytest.mark.parametrize("extra,children", [([], [(20,)]), (["--no-foreign-keys"], [(10,), (20,)])],
+                         ids=["as-d1", "no-foreign-keys"])
+def test_foreign_keys_are_enforced_on_wranglers_file_by_default(wrangler_project, run_cli,
+                                                                  write_migration, extra,
+                                                                  children):
+    # D1 always enforces them: on its local stand-in a DELETE of a parent
+    # cascades, unless the user says otherwise.
+    write_migration("0001_schema.sql", CASCADE_SCHEMA)
+    write_migration("0002_delete.sql", "DELETE FROM parent WHERE id = 1;\n")
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml", *extra])
+    assert code == 0, err
+    assert query(local_database(wrangler_project), "SELECT id FROM child ORDER BY id") \
+        == children
+
+
+def test_foreign_keys_and_no_foreign_keys_exclude_each_other(wrangler_project, run_cli,
+                                                             write_migration):
+    write_migration("0001_schema.sql", CASCADE_SCHEMA)
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml",
+                              "--foreign-keys", "--no-foreign-keys"])
+    assert code == 2
+    assert err.strip() == ("Error: --foreign-keys and --no-foreign-keys exclude each other")
+    assert not (wrangler_project / ".wrangler").exists()
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["clean", "failing"])
+def test_dry_run_on_a_fresh_checkout_exits_as_the_real_run(wrangler_project, run_cli,
+                                                          write_migration, failing):
+    # wrangler's state folder does not exist yet: the real run makes it, the
+    # dry run makes nothing and gives the real run's exit code.
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    write_migration("0002_b.sql", "INSERT INTO nowhere VALUES (1);\n" if failing
+                    else "CREATE TABLE b (id INTEGER);\n")
+    code, out, err = run_cli(["apply", "--dry-run", "--wrangler-config", "wrangler.toml"])
+    assert code == (1 if failing else 0), err
+    assert "(dry run)" in out
+    assert not (wrangler_project / ".wrangler").exists()
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
+    assert code == (1 if failing else 0), err
+    assert local_database(wrangler_project).is_file()
