@@ -1190,7 +1190,9 @@ def wrangler_database(config_path: str, database: Optional[str] = None,
 # ==========================================================================
 
 
-class D1Settings(namedtuple("D1Settings", "api_base account_id database_id token timeout retries")):
+class D1Settings(namedtuple(
+        "D1Settings", "api_base account_id database_id token timeout retries name",
+        defaults=("",))):
     """How to reach a remote D1 database over its HTTP API.
 
     api_base (str)
@@ -1199,6 +1201,8 @@ class D1Settings(namedtuple("D1Settings", "api_base account_id database_id token
     token (str)
     timeout (float)
     retries (int)
+    name (str): the database's name or binding, when a wrangler config gives it
+        ("": not known), for the commands a message suggests
     """
 
     __slots__ = ()
@@ -1221,6 +1225,7 @@ class Options:
     single_transaction: bool = False
     dry_run: bool = False
     backup: Union[None, bool, str] = None  # True: beside the database
+    bookmark: bool = True  # remote D1: take a Time Travel bookmark before changing it
     version: Optional[str] = None
     force: bool = False
     exit_code: bool = False
@@ -1274,6 +1279,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
              "description", "json", "quiet", "verbose")
     options = Options(**{name: get(name) for name in plain if get(name) is not None})
     options.lock_timeout = check_seconds("lock_timeout", get("lock_timeout", DEFAULT_LOCK_TIMEOUT))
+    options.bookmark = not get("no_bookmark")
     config = get("wrangler_config")
     database, persist_to = get("database"), get("persist_to")
     found = None
@@ -1314,13 +1320,6 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
                 " --env production reads the database path from it. Set"
                 f" {DB_PATH_VARIABLE}=/path/to/db or pass {_opt('db_path')}.")
         options.db_path = path
-    if options.dry_run and options.backup is not None:
-        raise ConfigurationError(f"{_opt('backup')} and {_opt('dry_run')} exclude each other:"
-                                 " a dry run changes nothing")
-    if options.remote is not None and options.backup is not None:
-        raise ConfigurationError(
-            f"{_opt('backup')} copies a local database file; a remote D1 database is restored"
-            " with Time Travel instead (wrangler d1 time-travel info / restore)")
     return options
 
 
@@ -1355,7 +1354,7 @@ def _d1_settings(values: Mapping[str, object], environ: Mapping[str, str],
     return D1Settings(str(api_base).rstrip("/"), account, database, token,
                       check_seconds("http_timeout",
                                     values.get("http_timeout", DEFAULT_HTTP_TIMEOUT), zero=False),
-                      retries)
+                      retries, found.name if found else "")
 
 
 # ==========================================================================
@@ -1415,6 +1414,8 @@ class RunReport:
         self.ignored = 0  # *.sql files that are not migrations (warned about)
         self.warnings: List[str] = []
         self.backup: Optional[str] = None
+        self.bookmark: Optional[str] = None  # remote D1: Time Travel, before the first change
+        self.restore_hint: Optional[str] = None  # how to go back to the bookmark
         self.synced: List[str] = []  # recorded in wrangler's table after the fact
         self.wrangler_table: Optional[str] = None
         self.created = False  # init: the tracking table was made by this run
@@ -2250,6 +2251,7 @@ class D1Client:
         self.api_base = settings.api_base.rstrip("/")
         self.account_id = settings.account_id
         self.database_id = settings.database_id
+        self.database_name = settings.name
         self._token = settings.token
         self.timeout = settings.timeout
         self.retries = settings.retries
@@ -2269,8 +2271,9 @@ class D1Client:
                 return
             time.sleep(min(left, 0.05))
 
-    def _post_once(self, kind: str, body: dict) -> "tuple[int, object]":
-        """One POST: (HTTP status, parsed JSON or None).  Raises _Transient."""
+    def _post_once(self, kind: str, body: Optional[dict]) -> "tuple[int, object]":
+        """One POST (a GET without a body): (HTTP status, parsed JSON or
+        None).  Raises _Transient."""
         import http.client
         import json
         import socket
@@ -2279,7 +2282,8 @@ class D1Client:
         url = (f"{self.api_base}/accounts/{self.account_id}/d1/database/"
                f"{self.database_id}/{kind}")
         request = urllib.request.Request(
-            url, data=json.dumps(body).encode("utf-8"), method="POST",
+            url, data=None if body is None else json.dumps(body).encode("utf-8"),
+            method="GET" if body is None else "POST",
             headers={"Authorization": f"Bearer {self._token}",
                      "Content-Type": "application/json",
                      "User-Agent": f"apply_migrations.py/{__version__}"})
@@ -2303,16 +2307,18 @@ class D1Client:
         except (ConnectionError, http.client.HTTPException, OSError) as exc:
             raise _Transient(f"connection to D1 failed ({exc})", maybe_ran=True) from None
         if self.log:
-            self.log(f"POST .../{kind}: HTTP {status} in"
+            self.log(f"{request.get_method()} .../{kind}: HTTP {status} in"
                      f" {format_ms((time.perf_counter() - started) * 1000)}")
         try:
             return status, json.loads(raw.decode("utf-8"))
         except ValueError:
             return status, None
 
-    def request(self, kind: str, body: dict, idempotent: bool, results: int) -> list:
-        """POST with retries where safe; the `result` list of D1's envelope,
-        which must hold one result for each of the `results` statements."""
+    def request(self, kind: str, body: Optional[dict], idempotent: bool,
+                results: Optional[int]) -> list:
+        """POST (GET without a body) with retries where safe; the `result` of
+        D1's envelope, which must hold one result for each of the `results`
+        statements (None: any object)."""
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
@@ -2356,6 +2362,15 @@ class D1Client:
                                                 for sql, params in statements]},
                             idempotent, len(statements))
 
+    def bookmark(self) -> str:
+        """D1's Time Travel bookmark for now: restoring to it rewinds the
+        whole database to this moment."""
+        result = self.request("time_travel/bookmark", None, idempotent=True, results=None)
+        bookmark = result.get("bookmark") if isinstance(result, dict) else None
+        if not isinstance(bookmark, str) or not bookmark.strip():
+            raise D1Error("D1 answered the Time Travel bookmark request without a bookmark")
+        return bookmark
+
     def rows(self, sql: str, params: tuple = ()) -> List[tuple]:
         result = self.request("raw", {"sql": sql, "params": list(params)}, idempotent=True,
                               results=1)
@@ -2366,12 +2381,14 @@ class D1Client:
         return [tuple(row) for row in rows]
 
 
-def _is_envelope(payload: object, results: int) -> bool:
+def _is_envelope(payload: object, results: Optional[int]) -> bool:
     """Whether a 200's body is D1's answer: success, with one successful
-    result for each statement sent."""
+    result for each statement sent (results None: a result object)."""
     if not isinstance(payload, dict) or payload.get("success") is not True:
         return False
     result = payload.get("result")
+    if results is None:
+        return isinstance(result, dict)
     return (isinstance(result, list) and len(result) == results
             and all(isinstance(r, dict) and r.get("success") is not False for r in result))
 
@@ -2493,6 +2510,27 @@ class D1Target(Target):
         for step, size in zip(steps, sizes):
             on_ran(step, _d1_duration(results[offset:offset + len(step.statements)]))
             offset += size
+
+    def bookmark(self) -> str:
+        """A Time Travel bookmark of the database as it is now (a capability
+        of D1 alone, as backup() is of a local file)."""
+        self._check_stop(None)
+        try:
+            return self.client.bookmark()
+        except MigrationError as exc:
+            raise D1Error(
+                f"D1 did not give a Time Travel bookmark ({exc}); no bookmark was taken and"
+                f" nothing was changed. Retry, or pass {_opt('no_bookmark')} to go on"
+                " without one") from None
+
+    def restore_hint(self, bookmark: str) -> str:
+        """How to go back to a bookmark."""
+        client = self.client
+        name = client.database_name or "<database name>"
+        return (f"wrangler d1 time-travel restore {name} --bookmark={bookmark} (or POST"
+                f" .../d1/database/{client.database_id}/time_travel/restore?bookmark="
+                f"{bookmark}); a restore rewinds the whole database, and what was written"
+                " after the bookmark is lost")
 
     def request_stop(self, signum: int) -> None:
         """Takes note: a request in flight is let finish (its outcome must be
@@ -2703,9 +2741,10 @@ class Migrator:
 
     apply() and rollback() return a RunReport; on failure they raise a
     MigrationError whose `.report` says what the run did first.  Each
-    migration's Outcome also goes to ``on_outcome`` as it becomes known, and
-    a backup's path to ``on_backup``.  Use it as a context manager, or call
-    close().
+    migration's Outcome also goes to ``on_outcome`` as it becomes known, a
+    restore point taken before the first change to ``on_restore_point``
+    (("backup", path) or ("bookmark", D1's Time Travel bookmark)), and each
+    warning to ``on_warning``.  Use it as a context manager, or call close().
     """
 
     def __init__(self, database: Union[str, "os.PathLike[str]", Target],
@@ -2715,7 +2754,7 @@ class Migrator:
                  log: Optional[Callable[[str], None]] = None,
                  on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
                  on_outcome: Optional[Callable[[Outcome], None]] = None,
-                 on_backup: Optional[Callable[[str], None]] = None,
+                 on_restore_point: Optional[Callable[[str, str], None]] = None,
                  on_warning: Optional[Callable[[str], None]] = None):
         if isinstance(database, Target):
             self.target = database
@@ -2726,14 +2765,14 @@ class Migrator:
         self.migrations_dir = os.fspath(migrations_dir)
         self.book = Bookkeeping(wrangler_table)
         self.on_outcome = on_outcome
-        self.on_backup = on_backup
+        self.on_restore_point = on_restore_point
         self.on_warning = on_warning
         self._scan: Optional[FolderScan] = None
         self._stop_signal: Optional[int] = None
 
     @classmethod
     def from_options(cls, options: Options, *, log: Optional[Callable[[str], None]] = None,
-                     on_slow_statement=None, on_outcome=None, on_backup=None,
+                     on_slow_statement=None, on_outcome=None, on_restore_point=None,
                      on_warning=None) -> "Migrator":
         if options.remote is not None:
             target: Target = D1Target(D1Client(options.remote, log=log))
@@ -2743,7 +2782,8 @@ class Migrator:
                                   on_slow_statement=on_slow_statement,
                                   create_folder=options.wrangler_config is not None)
         return cls(target, options.migrations_dir, wrangler_table=options.wrangler_table,
-                   on_outcome=on_outcome, on_backup=on_backup, on_warning=on_warning)
+                   on_outcome=on_outcome, on_restore_point=on_restore_point,
+                   on_warning=on_warning)
 
     @property
     def database(self) -> str:
@@ -2851,7 +2891,7 @@ class Migrator:
 
     def apply(self, target: Optional[str] = None, *, allow_out_of_order: bool = False,
               single_transaction: bool = False, dry_run: bool = False,
-              backup: Union[None, bool, str] = None) -> RunReport:
+              backup: Union[None, bool, str] = None, bookmark: bool = True) -> RunReport:
         """Apply the pending migrations in order (up to `target`).
 
         Each one commits together with its tracking row.  On a failure the run
@@ -2859,11 +2899,13 @@ class Migrator:
         and later ones are not tried.  With single_transaction the whole run
         is one transaction, and a failure leaves the database as it was.  A
         dry_run does the same and always rolls back.  With backup (True, or a
-        path) a local database is copied first, when something is pending.
+        path) a local database is copied first, when something is pending; a
+        remote D1 database's Time Travel bookmark is taken first unless
+        bookmark is False.
         """
         report = self._new_report("apply", dry_run, single_transaction)
         report.target = target
-        run = _Run(self, report, target, allow_out_of_order, backup)
+        run = _Run(self, report, target, allow_out_of_order, backup, bookmark)
         whole = single_transaction or dry_run
 
         def interrupted(stop: _Stop) -> Interrupted:
@@ -2876,10 +2918,14 @@ class Migrator:
             report.migrations = len(scan.migrations)
             report.warnings = self.warnings
             report.ignored = len(report.warnings)
+            if backup is not None and dry_run:
+                raise ConfigurationError(f"{_opt('backup')} and {_opt('dry_run')} exclude each"
+                                         " other: a dry run changes nothing")
             if backup is not None and not hasattr(self.target, "backup"):
                 raise ConfigurationError(
-                    f"{_opt('backup')} copies a local database file; {self.target.name}"
-                    " has none (a remote D1 database is restored with Time Travel)")
+                    f"{_opt('backup')} copies a local database file; a remote D1 database is"
+                    " restored with Time Travel instead (the tool takes a bookmark before"
+                    " each apply; wrangler d1 time-travel info / restore)")
             self.target.open("dry-run" if dry_run else "create")
             if whole:
                 run.whole(commit=not dry_run)
@@ -2888,7 +2934,8 @@ class Migrator:
             self._check_stop()
         return report
 
-    def rollback(self, version: Optional[str] = None, *, force: bool = False) -> RunReport:
+    def rollback(self, version: Optional[str] = None, *, force: bool = False,
+                 bookmark: bool = True) -> RunReport:
         """Undo one applied migration (default: the latest): run its down
         script, if there is one, and delete its tracking row, in one
         transaction.  The outcome's path is the down script (None: the
@@ -2911,10 +2958,11 @@ class Migrator:
             record = self.read()
             row = choose_rollback(record.applied, version, force)
             chosen.append(row)
-            run = _Run(self, report)
+            run = _Run(self, report, bookmark=bookmark)
             step = run.rollback_step(row, record, version, force)
             report.planned = 1
             report.statements = len(step.statements)
+            run.restore_point()
             self._check_stop()
             run.run(step, 1, ROLLED_BACK)
         return report
@@ -2956,7 +3004,8 @@ class _Run:
     (report(): into the RunReport, and to the Migrator's on_outcome)."""
 
     def __init__(self, migrator: Migrator, report: RunReport, target: Optional[str] = None,
-                 allow_out_of_order: bool = False, backup: Union[None, bool, str] = None):
+                 allow_out_of_order: bool = False, backup: Union[None, bool, str] = None,
+                 bookmark: bool = True):
         self.migrator = migrator
         self.book = migrator.book
         self.db = migrator.target
@@ -2964,12 +3013,15 @@ class _Run:
         self.target = target
         self.allow_out_of_order = allow_out_of_order
         self.backup = backup
+        self.bookmark = bookmark
 
     def each(self) -> None:
         """Each pending migration in its own transaction."""
         migrator, report = self.migrator, self.report_
         record = migrator.read()
         steps = self._steps(record, [])  # every check before the first write
+        if steps:
+            self.restore_point()  # before the first write, the record's included
         entries, report.synced = self.book.ensure(record)
         if entries:
             self.db.ensure(entries)
@@ -2977,8 +3029,6 @@ class _Run:
             # have applied something meanwhile).
             record = migrator.read()
             steps = self._steps(record, steps)
-        if steps and self.backup is not None:
-            self._backup()
         report.planned = len(steps)
         for index, step in enumerate(steps, 1):
             migrator._check_stop()
@@ -3000,9 +3050,9 @@ class _Run:
         """The whole run in one transaction: committed (single_transaction)
         or always rolled back (a dry run)."""
         migrator, report = self.migrator, self.report_
-        if self.backup is not None and migrator.plan(
-                migrator.read().applied, self.target, self.allow_out_of_order):
-            self._backup()  # the backup API cannot copy inside a write transaction
+        if commit and migrator.plan(migrator.read().applied, self.target,
+                                    self.allow_out_of_order):
+            self.restore_point()  # a backup cannot be copied inside a write transaction
         entries, synced = self.book.ensure(migrator.read())
         steps: List[Step] = []
         ran: List[Tuple[Step, float]] = []
@@ -3121,12 +3171,23 @@ class _Run:
                 1 for m in migrations if m.number not in applied
                 and chosen is not None and m.number > chosen.number)
 
-    def _backup(self) -> None:
-        backup = self.backup
-        path = self.db.backup(None if backup is True else backup)  # type: ignore[attr-defined]
-        self.report_.backup = path
-        if self.migrator.on_backup is not None:
-            self.migrator.on_backup(path)
+    def restore_point(self) -> None:
+        """Before the first change: the copy of a local file the user asked
+        for (backup), or a Time Travel bookmark of a remote D1 database
+        (unless declined).  Each is a capability of its target alone."""
+        report, tell = self.report_, self.migrator.on_restore_point
+        if self.backup is not None:
+            backup = self.backup
+            report.backup = self.db.backup(  # type: ignore[attr-defined]
+                None if backup is True else backup)
+            if tell is not None:
+                tell("backup", report.backup)
+        take = getattr(self.db, "bookmark", None)
+        if take is not None and self.bookmark:
+            report.bookmark = take()
+            report.restore_hint = self.db.restore_hint(report.bookmark)  # type: ignore
+            if tell is not None:
+                tell("bookmark", report.bookmark)
 
 
 def _plural(count: int, word: str) -> str:
@@ -3383,6 +3444,9 @@ def apply_payload(console: Console, report: RunReport) -> Dict[str, object]:
         payload["rolled_back"] = listed((UNDONE,))
     if report.backup:
         payload["backup"] = report.backup
+    if report.bookmark:
+        payload["bookmark"] = report.bookmark
+        payload["restore"] = report.restore_hint
     if report.synced:
         payload["recorded_for_wrangler"] = report.synced
     return payload
@@ -3404,6 +3468,9 @@ def show_apply(console: Console, report: RunReport) -> None:
              f"Migrations on {report.database}: {_plural(len(done), 'migration')} {verb}")
     console.step_summary(title, ["Version", "Name", "Result", "Duration"], rows)
     if report.error is not None:
+        if report.bookmark and report.having(APPLIED):
+            console.say(f"Before this run D1 was at Time Travel bookmark {report.bookmark};"
+                        f" to go back to it: {report.restore_hint}")
         return
     show_synced(console, report)
     if console.json:
@@ -3548,7 +3615,9 @@ def _migrator(options: Options, console: Console) -> Migrator:
         options, log=console.log if options.verbose else None,
         on_slow_statement=console.tick if console.wants_ticks() else None,
         on_outcome=lambda outcome: show_progress(console, outcome),
-        on_backup=lambda path: console.say(f"Backed up {options.db_path} to {path}"),
+        on_restore_point=lambda kind, value: console.say(
+            f"Backed up {options.db_path} to {value}" if kind == "backup" else
+            f"D1 Time Travel bookmark before this run: {value}"),
         on_warning=console.warn)
 
 
@@ -3600,7 +3669,7 @@ def cmd_apply(options: Options, console: Console) -> int:
             report = migrator.apply(
                 options.target, allow_out_of_order=options.allow_out_of_order,
                 single_transaction=options.single_transaction, dry_run=options.dry_run,
-                backup=options.backup)
+                backup=options.backup, bookmark=options.bookmark)
         except MigrationError as exc:
             if exc.report is not None:
                 show_apply(console, exc.report)
@@ -3611,7 +3680,8 @@ def cmd_apply(options: Options, console: Console) -> int:
 
 def cmd_rollback(options: Options, console: Console) -> int:
     with _migrator(options, console) as migrator, _stop_on_signals(migrator):
-        report = migrator.rollback(options.version, force=options.force)
+        report = migrator.rollback(options.version, force=options.force,
+                                   bookmark=options.bookmark)
     show_rollback(console, report, options.migrations_dir)
     return EXIT_OK
 
@@ -3799,6 +3869,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--backup", metavar="PATH", nargs="?", const=True,
                        help="copy the database first (default: beside it, with a UTC"
                             " timestamp in the name)")
+    apply.add_argument("--no-bookmark", action="store_true",
+                       help="with --d1-remote: do not take a Time Travel bookmark first")
     apply.add_argument("--foreign-keys", action="store_true",
                        help="enforce foreign keys as D1 does and check them after each migration"
                             " (the default with --wrangler-config)")
@@ -3812,6 +3884,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="0001, 0001_initial_schema or 0001_initial_schema.sql")
     rollback.add_argument("--force", action="store_true",
                           help="roll back even though later migrations are applied")
+    rollback.add_argument("--no-bookmark", action="store_true",
+                          help="with --d1-remote: do not take a Time Travel bookmark first")
     rollback.add_argument("--foreign-keys", action="store_true",
                           help="enforce foreign keys as D1 does while rolling back"
                                " (the default with --wrangler-config)")

@@ -103,6 +103,12 @@ class FaultProxy:
                     time.sleep(seconds)
                 self._reply(status, data)
 
+            def do_GET(self):  # Time Travel bookmarks: forwarded and recorded
+                kind = self.path.rstrip("/").rsplit("/", 1)[-1]
+                with proxy.lock:
+                    proxy.requests.append({"kind": kind, "body": {}, "action": "forward"})
+                self._reply(*proxy._forward(self.path, None, self.headers))
+
             def _reply(self, status: int, data: bytes) -> None:
                 try:
                     self.send_response(status)
@@ -140,7 +146,7 @@ class FaultProxy:
 
     def _forward(self, path: str, raw: bytes, headers):
         request = urllib.request.Request(
-            self.upstream + path, data=raw, method="POST",
+            self.upstream + path, data=raw, method="POST" if raw is not None else "GET",
             headers={"Authorization": headers.get("Authorization", ""),
                      "Content-Type": "application/json"})
         try:
