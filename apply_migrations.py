@@ -616,13 +616,19 @@ def format_ms(ms: float) -> str:
 
 class Migration:
     """One migration file (or down script).  Its bytes are read once, when
-    first needed."""
+    first needed.
 
-    __slots__ = ("version", "number", "name", "path", "_data", "_checksum")
+    Its `key` is what the record knows it by: under the tool's rules its
+    number (so 0001_x.sql and 1_x.sql are one migration); under wrangler's,
+    its file name.  Its `version` is what the tracking row stores: the
+    digits of its name, or under wrangler's rules the name itself."""
 
-    def __init__(self, version: str, name: str, path: str):
+    __slots__ = ("version", "key", "name", "path", "_data", "_checksum")
+
+    def __init__(self, version: str, name: str, path: str,
+                 key: Union[int, str, None] = None):
         self.version = version
-        self.number = int(version)
+        self.key = int(version) if key is None else key
         self.name = name  # the file name without ".sql": 0001_initial_schema
         self.path = path
         self._data: Optional[bytes] = None
@@ -709,10 +715,12 @@ BLOCKING_FOLDER_FINDINGS = frozenset(
 _LEADING_NUMBER = re.compile(r"[0-9]+")
 
 
-def scan_folder(folder: str) -> FolderScan:
+def scan_folder(folder: str, wrangler: bool = False) -> FolderScan:
     """Every *.sql entry directly in `folder`, judged once: migrations in
-    number order, and findings for what is not one (a misnamed file, a
-    duplicate number, a broken link, something that is not a file).
+    order, and findings for what is not one (a misnamed file, a duplicate
+    number, a broken link, something that is not a file).  Under wrangler's
+    rules (wrangler=True) every file whose name ends in ".sql" is a
+    migration, known by its name and put in wrangler's order (wrangler_order).
     Reads names only, no file contents."""
     if not folder:
         raise ConfigurationError(
@@ -741,7 +749,7 @@ def scan_folder(folder: str) -> FolderScan:
 
     for entry in entries:
         name = entry.name
-        if not name.lower().endswith(".sql"):
+        if not (name.endswith(".sql") if wrangler else name.lower().endswith(".sql")):
             continue
         path = os.path.join(folder, name)
         leading = _LEADING_NUMBER.match(name)
@@ -753,28 +761,123 @@ def scan_folder(folder: str) -> FolderScan:
         if problem:
             find(*problem)
             continue
-        match = MIGRATION_FILENAME.match(name)
-        if not match:
-            find("bad-name", path, "the name does not match NNNN_description.sql:"
-                 " apply_migrations.py ignores it, but wrangler would try to apply it;"
-                 " rename it")
-            continue
         if not _is_utf8_name(name):
             find("name-not-utf8", path,
                  f"the file name {path!r} is not valid UTF-8, so it cannot be recorded;"
                  " rename the file")
             continue
+        if wrangler:
+            migrations.append(Migration(name[:-4], name[:-4], path, key=name))
+            continue
+        match = MIGRATION_FILENAME.match(name)
+        if not match:
+            find("bad-name", path, "the name does not match NNNN_description.sql:"
+                 " apply_migrations.py ignores it, but wrangler would apply it (and if"
+                 " wrangler has, renaming it makes wrangler apply it again): rename it, or"
+                 " use wrangler's rules (--wrangler-config or --wrangler)")
+            continue
         migration = Migration(match.group(1), name[:-4], path)
-        twin = by_number.get(migration.number)
+        twin = by_number.get(migration.key)  # type: ignore[arg-type]
         if twin is not None:
             find("duplicate-number", path,
-                 f"the number {migration.number} is also used by {twin.filename};"
+                 f"the number {migration.key} is also used by {twin.filename};"
                  " renumber one of them")
             continue
-        by_number[migration.number] = migration
+        by_number[migration.key] = migration  # type: ignore[index]
         migrations.append(migration)
-    migrations.sort(key=lambda m: m.number)
+    if wrangler:
+        # The tracking row's version: the digits where they name one file
+        # alone (as under the tool's rules), else the whole name.
+        shared: Dict[str, int] = {}
+        for m in migrations:
+            match = MIGRATION_FILENAME.match(m.filename)
+            if match:
+                shared[match.group(1)] = shared.get(match.group(1), 0) + 1
+        for m in migrations:
+            match = MIGRATION_FILENAME.match(m.filename)
+            if match and shared[match.group(1)] == 1:
+                m.version = match.group(1)
+        migrations = wrangler_order(migrations)
+    else:
+        migrations.sort(key=lambda m: m.key)
     return FolderScan(folder, migrations, findings, numbers)
+
+
+# wrangler's order, read from its source (wrangler 4.86, src/d1/migrations:
+# getMigrationNames and `d1 migrations apply`): the names in JavaScript's
+# default order (UTF-16 code units), then a stable sort by parseInt of the
+# text before the first "_", with a comparator that calls a NaN (a name with
+# no number) neither less nor greater than anything.  V8 sorts an array of
+# fewer than 64 items by one binary insertion sort after the first run
+# (_v8_small_sort): with such a comparator the result depends on exactly
+# those steps, which are reproduced.  Larger arrays go through CPython's
+# sort, the same TimSort, which agrees whenever every name has a number.
+_JS_SPACE = " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006" \
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_JS_INT = re.compile(r"([+-]?)(?:0[xX]([0-9a-fA-F]+)|([0-9]+))")
+
+
+def js_parse_int(text: str) -> Optional[float]:
+    """JavaScript's parseInt(text), None for NaN."""
+    match = _JS_INT.match(text.lstrip(_JS_SPACE))
+    if not match:
+        return None
+    value = float(int(match.group(2), 16) if match.group(2) else int(match.group(3)))
+    return -value if match.group(1) == "-" else value
+
+
+def wrangler_number(filename: str) -> Optional[float]:
+    """The number wrangler orders a migration by (None: NaN)."""
+    return js_parse_int(filename.split("_")[0])
+
+
+def _utf16(name: str) -> bytes:
+    return name.encode("utf-16-be", "surrogatepass")
+
+
+def _wrangler_compare(a: Migration, b: Migration) -> int:
+    x, y = wrangler_number(a.filename), wrangler_number(b.filename)
+    if x is None or y is None:
+        return 0
+    return -1 if x < y else 1 if x > y else 0
+
+
+def wrangler_order(migrations: List[Migration]) -> List[Migration]:
+    """Migrations in the order `wrangler d1 migrations apply` runs them."""
+    import functools
+    items = sorted(migrations, key=lambda m: _utf16(m.filename))
+    if len(items) < 64:
+        return _v8_small_sort(items, _wrangler_compare)
+    return sorted(items, key=functools.cmp_to_key(_wrangler_compare))
+
+
+def _v8_small_sort(items: list, compare: Callable) -> list:
+    """V8's Array.prototype.sort for fewer than 64 items: the first run
+    (reversed when strictly descending), then binary insertion."""
+    items = list(items)
+    n = len(items)
+    if n < 2:
+        return items
+    run = 2
+    descending = compare(items[1], items[0]) < 0
+    while run < n:
+        order = compare(items[run], items[run - 1])
+        if (order >= 0) if descending else (order < 0):
+            break
+        run += 1
+    if descending:
+        items[:run] = items[:run][::-1]
+    for start in range(run, n):
+        pivot, left, right = items[start], 0, start
+        while left < right:
+            middle = left + ((right - left) >> 1)
+            if compare(pivot, items[middle]) < 0:
+                right = middle
+            else:
+                left = middle + 1
+        items[left + 1:start + 1] = items[left:start]
+        items[left] = pivot
+    return items
 
 
 def _is_file(entry: os.DirEntry) -> bool:
@@ -816,16 +919,26 @@ def _is_utf8_name(name: str) -> bool:
 
 def find_migration(version: str, candidates):
     """The item of candidates (each with .version and .name) that version
-    names: "0001", "1", "0001_initial_schema" or "0001_initial_schema.sql"."""
+    names: "0001", "1", "0001_initial_schema" or "0001_initial_schema.sql".
+    A number that several names start with is an error (wrangler's rules
+    allow two files with one number): the name must be given."""
     wanted = os.path.basename(version[:-4] if version.endswith(".sql") else version)
     for item in candidates:
-        if wanted == item.name or wanted == item.version:
+        if wanted == item.name:
             return item
     if VERSION_TEXT.match(wanted):
-        for item in candidates:
-            if int(item.version) == int(wanted):
-                return item
+        found = [item for item in candidates if _number_of(item.name) == int(wanted)]
+        if len(found) > 1:
+            raise ConfigurationError(
+                f"{version} could be any of {', '.join(i.name for i in found)}; give the"
+                " name of the one you mean")
+        return found[0] if found else None
     return None
+
+
+def _number_of(name: str) -> Optional[int]:
+    leading = _LEADING_NUMBER.match(name)
+    return int(leading.group()) if leading else None
 
 
 # ==========================================================================
@@ -1020,10 +1133,12 @@ def check_statements(path: str, statements: Sequence[Statement],
     return findings
 
 
-def check_folder(migrations_dir: str) -> "tuple[List[Migration], List[Finding]]":
+def check_folder(migrations_dir: str, wrangler: bool = False
+                 ) -> "tuple[List[Migration], List[Finding]]":
     """Every finding in a migrations folder: names, numbers, links, encoding,
-    SQL that D1 rejects.  Reads files only; needs no database."""
-    scan = scan_folder(migrations_dir)
+    SQL that D1 rejects (under wrangler's rules with wrangler=True).  Reads
+    files only; needs no database."""
+    scan = scan_folder(migrations_dir, wrangler)
     findings = list(scan.findings)
     for migration in scan.migrations:
         try:
@@ -1078,9 +1193,13 @@ def _parse_jsonc(text: str) -> dict:
     return json.loads(_JSONC_TRAILING_COMMA.sub(keep_strings, text))
 
 
+_TOML_D1_HEADER = re.compile(r"\[\[(?:env\.([A-Za-z0-9_-]+|\"[^\"]*\")\.)?d1_databases\]\]\Z")
+
+
 def _parse_toml_subset(text: str) -> dict:
     """The part of wrangler.toml this tool needs, for Pythons without tomllib
-    (3.8 to 3.10): top-level keys and [[d1_databases]] tables of plain values."""
+    (3.8 to 3.10): top-level keys and [[d1_databases]] (and
+    [[env.NAME.d1_databases]]) tables of plain values."""
     import json
     root: dict = {}
     current: Optional[dict] = root
@@ -1089,10 +1208,13 @@ def _parse_toml_subset(text: str) -> dict:
         if not line or line.startswith("#"):
             continue
         if line.startswith("["):
-            header = re.sub(r"\s+", "", line.split("#", 1)[0])
-            if header == "[[d1_databases]]":
+            header = _TOML_D1_HEADER.match(re.sub(r"\s+", "", line.split("#", 1)[0]))
+            if header:
+                env = header.group(1)
+                holder = root if env is None else root.setdefault("env", {}).setdefault(
+                    env.strip('"'), {})
                 current = {}
-                root.setdefault("d1_databases", []).append(current)
+                holder.setdefault("d1_databases", []).append(current)
             else:
                 current = None  # a section this tool does not read
             continue
@@ -1147,12 +1269,44 @@ def miniflare_object_id(name: str) -> str:
     return (first + hmac.new(key, first, hashlib.sha256).digest()[:16]).hex()
 
 
-def wrangler_database(config_path: str, database: Optional[str] = None,
-                      persist_to: Optional[str] = None) -> WranglerDatabase:
-    """Find a D1 database of a wrangler config, by binding or database_name."""
-    config = read_wrangler_config(config_path)
+def _d1_entries(config: dict) -> list:
     declared = config.get("d1_databases") or []
-    entries = [e for e in declared if isinstance(e, dict)] if isinstance(declared, list) else []
+    return [e for e in declared if isinstance(e, dict)] if isinstance(declared, list) else []
+
+
+def _environments(config: dict) -> Dict[str, dict]:
+    envs = config.get("env")
+    return {str(k): v for k, v in envs.items() if isinstance(v, dict)} \
+        if isinstance(envs, dict) else {}
+
+
+def wrangler_database(config_path: str, database: Optional[str] = None,
+                      persist_to: Optional[str] = None,
+                      env: Optional[str] = None) -> WranglerDatabase:
+    """Find a D1 database of a wrangler config, by binding or database_name,
+    at the top level or (env) in one of its environments, as `wrangler ...
+    --env NAME` reads it."""
+    config = read_wrangler_config(config_path)
+    toml = config_path.endswith(".toml")
+    envs = _environments(config)
+    if env is not None:
+        if env not in envs:
+            raise ConfigurationError(
+                f"{config_path} has no environment {env}"
+                + (f" (it has: {', '.join(sorted(envs))})" if envs else
+                   " (it declares no environments)"))
+        entries = _d1_entries(envs[env])
+        where = (f"[[env.{env}.d1_databases]]" if toml else
+                 f'"env": {{"{env}": {{"d1_databases": [...]}}}}')
+    else:
+        entries = _d1_entries(config)
+        where = "[[d1_databases]]" if toml else '"d1_databases"'
+        only_in = sorted(name for name, section in envs.items() if _d1_entries(section))
+        if not entries and only_in:
+            raise ConfigurationError(
+                f"{config_path} declares its D1 databases only in the environment"
+                f"{'s' if len(only_in) > 1 else ''} {', '.join(only_in)}; choose one with"
+                f" {_opt('wrangler_env')} {only_in[0]}")
     if database is not None:
         chosen = [e for e in entries if database in (e.get("binding"), e.get("database_name"))]
     else:
@@ -1165,7 +1319,7 @@ def wrangler_database(config_path: str, database: Optional[str] = None,
                 f" with {_opt('database')}")
         raise ConfigurationError(
             f"{config_path} has no D1 database {database or ''}".rstrip()
-            + (f" (it has: {names})" if names else " ([[d1_databases]] is empty)"))
+            + (f" (it has: {names})" if names else f" ({where} is empty)"))
     entry = chosen[0]
     ident = entry.get("preview_database_id") or entry.get("database_id") or entry.get("binding")
     if not ident:
@@ -1268,7 +1422,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     wrangler config.  An empty value is an error, never a default."""
     get = values.get
     for name in ("db_path", "migrations_dir", "wrangler_config", "database", "persist_to",
-                 "wrangler_table", "api_base", "target", "version", "backup"):
+                 "wrangler_env", "wrangler_table", "api_base", "target", "version", "backup"):
         value = get(name)
         if isinstance(value, str) and not value.strip():
             raise ConfigurationError(
@@ -1283,11 +1437,13 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     config = get("wrangler_config")
     database, persist_to = get("database"), get("persist_to")
     found = None
+    wrangler_env = get("wrangler_env")
     if config:
         found = wrangler_database(str(config), None if database is None else str(database),
-                                  None if persist_to is None else str(persist_to))
+                                  None if persist_to is None else str(persist_to),
+                                  None if wrangler_env is None else str(wrangler_env))
     else:
-        for name in ("database", "persist_to"):
+        for name in ("database", "persist_to", "wrangler_env"):
             if get(name) is not None:
                 hint = f" For a database file, pass {_opt('db_path')} {get(name)}." \
                     if name == "database" else ""
@@ -1466,12 +1622,14 @@ class AppliedRow(namedtuple("AppliedRow", "version name checksum applied_at dura
 class Record(namedtuple("Record", "own wrangler applied")):
     """The record of a database, as read.
 
-    own (Optional[Dict[int, AppliedRow]]): by number; None: no tracking table yet
+    own (Optional[Dict[Union[int, str], AppliedRow]]): by key (Migration.key);
+        None: no tracking table yet
     wrangler (Optional[Dict[str, str]]): file name -> applied_at; None: no table (or not
         kept)
-    applied (Dict[int, AppliedRow]): what counts as applied, by number: "0001" and "1"
-        are one migration, so renaming 0001_x.sql to 1_x.sql does not make it pending.
-        In wrangler mode a migration only wrangler recorded counts too, with no
+    applied (Dict[Union[int, str], AppliedRow]): what counts as applied, by key:
+        under the tool's rules by number, so that "0001" and "1" are one migration
+        (renaming 0001_x.sql to 1_x.sql does not make it pending); under wrangler's,
+        by file name, and a migration only wrangler recorded counts too, with no
         checksum.
     """
 
@@ -1480,11 +1638,14 @@ class Record(namedtuple("Record", "own wrangler applied")):
 
 class Bookkeeping:
     """The SQL of the record, for the tool's table and, with wrangler_table,
-    wrangler's (`d1_migrations` or the config's migrations_table)."""
+    wrangler's (`d1_migrations` or the config's migrations_table).  With
+    wrangler's table kept, wrangler's rules hold: a migration is known by
+    its file name (see Migration.key)."""
 
     def __init__(self, wrangler_table: Optional[str] = None):
         self.table = quote_identifier(TRACKING_TABLE)
         self.wrangler_table = wrangler_table
+        self.by_name = wrangler_table is not None
         self._wrangler = quote_identifier(wrangler_table) if wrangler_table else None
         self._insert = SQL_INSERT_APPLIED.format(table=self.table)
         self._insert_wrangler = SQL_INSERT_WRANGLER.format(table=self._wrangler)
@@ -1495,13 +1656,19 @@ class Bookkeeping:
         wrangler = self._read_wrangler(query, where) if self._wrangler else None
         applied = dict(own or {})
         for name, applied_at in (wrangler or {}).items():
-            match = MIGRATION_FILENAME.match(name)
-            if match and int(match.group(1)) not in applied:
-                applied[int(match.group(1))] = AppliedRow(
-                    match.group(1), name[:-4], "", str(applied_at).replace(" ", "T") + "Z", 0.0)
+            if name not in applied:
+                applied[name] = AppliedRow(name[:-4] if name.endswith(".sql") else name,
+                                           name[:-4] if name.endswith(".sql") else name, "",
+                                           str(applied_at).replace(" ", "T") + "Z", 0.0)
         return Record(own, wrangler, applied)
 
-    def _read_own(self, query, where: str) -> Optional[Dict[int, AppliedRow]]:
+    def key(self, row: AppliedRow) -> Union[int, str]:
+        """What a row's migration is known by (as Migration.key)."""
+        if not self.by_name and VERSION_TEXT.match(row.version):
+            return int(row.version)
+        return row.name + ".sql"
+
+    def _read_own(self, query, where: str) -> Optional[Dict[Union[int, str], AppliedRow]]:
         columns = tuple(row[0] for row in query(SQL_TABLE_COLUMNS, (TRACKING_TABLE,)))
         if not columns:
             return None
@@ -1517,17 +1684,19 @@ class Bookkeeping:
             if not _trusted_row(raw):
                 raise TrackingTableError(
                     f"Table {TRACKING_TABLE} in {where} has an invalid row {tuple(raw)!r}:"
-                    " the version must be digits, the name and time text, the checksum a"
-                    " SHA256 in hex and the duration a number. Nothing was changed; fix or"
-                    " delete that row by hand.")
+                    " the version must be digits (or, under wrangler's rules, the name), the"
+                    " name and time text, the checksum a SHA256 in hex and the duration a"
+                    " number. Nothing was changed; fix or delete that row by hand.")
             row = AppliedRow(*raw)
-            twin = rows.get(int(row.version))
+            key = self.key(row)
+            twin = rows.get(key)
             if twin is not None:
                 raise TrackingTableError(
-                    f"Table {TRACKING_TABLE} in {where} records version {int(row.version)}"
+                    f"Table {TRACKING_TABLE} in {where} records"
+                    f" {'version ' + str(key) if isinstance(key, int) else key}"
                     f" twice ({twin.name}, {row.name}); nothing was changed. Delete the"
                     " wrong row by hand.")
-            rows[int(row.version)] = row
+            rows[key] = row
         return rows
 
     def _read_wrangler(self, query, where: str) -> Optional[Dict[str, str]]:
@@ -1546,12 +1715,15 @@ class Bookkeeping:
         and the names they record in wrangler's table: migrations this tool
         applied before that table was kept, so that wrangler does not run
         them again."""
-        entries: List[Entry] = [(SQL_CREATE_TRACKING.format(table=self.table), [])]
+        entries: List[Entry] = []
         synced: List[str] = []
+        if record.own is None:
+            entries.append((SQL_CREATE_TRACKING.format(table=self.table), []))
         if self._wrangler is not None:
-            entries.append((SQL_CREATE_WRANGLER.format(table=self._wrangler), []))
+            if record.wrangler is None:
+                entries.append((SQL_CREATE_WRANGLER.format(table=self._wrangler), []))
             known = record.wrangler or {}
-            for row in sorted((record.own or {}).values(), key=lambda r: int(r.version)):
+            for row in sorted((record.own or {}).values(), key=lambda r: r.applied_at):
                 if row.name + ".sql" not in known:
                     entries.append((SQL_RECORD_WRANGLER.format(table=self._wrangler),
                                     [row.name + ".sql"]))
@@ -1585,8 +1757,8 @@ def _trusted_row(raw: tuple) -> bool:
     """Whether a tracking row is one this tool could have written: an empty
     or made-up checksum would hide every later edit of its file."""
     version, name, checksum, applied_at, duration = raw
-    return (isinstance(version, str) and VERSION_TEXT.match(version) is not None
-            and isinstance(name, str) and name.strip() != ""
+    return (isinstance(version, str) and isinstance(name, str) and name.strip() != ""
+            and (VERSION_TEXT.match(version) is not None or version == name)
             and isinstance(checksum, str) and CHECKSUM_TEXT.match(checksum) is not None
             and isinstance(applied_at, str) and applied_at.strip() != ""
             and isinstance(duration, (int, float)) and not isinstance(duration, bool)
@@ -2628,32 +2800,37 @@ _FOREIGN_KEYS_PRAGMA = re.compile(
 _STOP_RESULTS = {"rolled back": INTERRUPTED, "unknown": UNKNOWN, "not sent": NOT_SENT}
 
 
-def plan_migrations(migrations: List[Migration], applied: Dict[int, AppliedRow],
+def plan_migrations(migrations: List[Migration], applied: Dict[Union[int, str], AppliedRow],
                     target: Optional[str] = None, allow_out_of_order: bool = False,
-                    done: str = "nothing was applied", folder: str = "the folder"
-                    ) -> List[Migration]:
+                    done: str = "nothing was applied", folder: str = "the folder",
+                    wrangler: bool = False) -> List[Migration]:
     """The migrations to apply, in order, after the checks that must pass
     before any of them runs: nothing applied was modified, nothing pending is
-    numbered below what is applied, the target exists.  `done` says, in a
+    numbered below what is applied (not under wrangler's rules, which apply
+    such a file as wrangler does), the target exists.  `done` says, in a
     refusal, what the run has applied so far."""
-    modified = [m for m in migrations if m.number in applied
-                and applied[m.number].checksum not in ("", m.checksum)]
+    modified = [m for m in migrations if m.key in applied
+                and applied[m.key].checksum not in ("", m.checksum)]
     if modified:
         raise MigrationFileError(
             "Applied migrations were modified since they were applied:"
             f" {', '.join(m.name for m in modified)}. {done[:1].upper() + done[1:]}. Restore"
             " each file as it was applied (git checkout -- <file>) and put the"
             " change in a new migration; `status` lists them as modified.")
-    pending = [m for m in migrations if m.number not in applied]
+    pending = [m for m in migrations if m.key not in applied]
+    if wrangler:
+        # As wrangler: its order of what is pending (see wrangler_order).
+        pending = wrangler_order(pending)
     if target is not None:
         chosen = find_migration(target, migrations)
         if chosen is None:
             raise ConfigurationError(
                 f"{_opt('target')} {target}: no migration in {folder} has that version or name")
-        pending = [m for m in pending if m.number <= chosen.number]
-    if pending and applied and not allow_out_of_order:
-        highest = max(applied.values(), key=lambda row: int(row.version))
-        early = [m for m in pending if m.number < int(highest.version)]
+        place = {m.key: index for index, m in enumerate(migrations)}
+        pending = [m for m in pending if place[m.key] <= place[chosen.key]]
+    if pending and applied and not allow_out_of_order and not wrangler:
+        highest = max(applied.values(), key=lambda row: _number_of(row.version) or 0)
+        early = [m for m in pending if m.key < (_number_of(highest.version) or 0)]
         if early:
             raise MigrationFileError(
                 f"Migration {early[0].name} is pending but {highest.name}, which has"
@@ -2708,11 +2885,22 @@ def _leading_foreign_keys(statements: List[Tuple[int, Statement]]) -> int:
     return count
 
 
-def choose_rollback(applied: Dict[int, AppliedRow], version: Optional[str],
-                    force: bool) -> AppliedRow:
+def row_order(row: AppliedRow, wrangler: bool = False) -> tuple:
+    """Where an applied migration stands among the others (the latest
+    last): by number, or under wrangler's rules by wrangler's number and
+    name; a name without a number comes last."""
+    if wrangler:
+        number = wrangler_number(row.name + ".sql")
+        return (float("inf") if number is None else number, _utf16(row.name))
+    number = _number_of(row.version)
+    return (float("inf") if number is None else number, row.name.encode("utf-8"))
+
+
+def choose_rollback(applied: Dict[Union[int, str], AppliedRow], version: Optional[str],
+                    force: bool, wrangler: bool = False) -> AppliedRow:
     """The applied migration `version` names (default: the latest), once no
     later one stands in the way."""
-    rows = sorted(applied.values(), key=lambda r: int(r.version))
+    rows = sorted(applied.values(), key=lambda r: row_order(r, wrangler))
     if version is None:
         if not rows:
             raise MigrationError("Nothing to roll back: no migrations have been applied")
@@ -2721,7 +2909,7 @@ def choose_rollback(applied: Dict[int, AppliedRow], version: Optional[str],
         row = find_migration(version, rows)
         if row is None:
             raise MigrationError(f"Migration {version} not found in applied migrations")
-    later = [r.name for r in rows if int(r.version) > int(row.version)]
+    later = [r.name for r in rows if row_order(r, wrangler) > row_order(row, wrangler)]
     if later and not force:
         raise MigrationError(
             f"Cannot roll back {row.name}: later migrations are still applied"
@@ -2813,7 +3001,7 @@ class Migrator:
         """The migrations folder, scanned once; MigrationFileError when it
         holds something that makes its meaning unclear."""
         if self._scan is None:
-            scan = scan_folder(self.migrations_dir)
+            scan = scan_folder(self.migrations_dir, self.book.by_name)
             blocking = scan.blocking()
             if blocking:
                 first = blocking[0]
@@ -2854,7 +3042,7 @@ class Migrator:
             applied = dict(self.read().applied)
         result = []
         for m in migrations:
-            row = applied.pop(m.number, None)
+            row = applied.pop(m.key, None)
             if row is None:
                 result.append(MigrationStatus(m.version, m.name, m.path, "pending",
                                               m.checksum, None, None))
@@ -2865,7 +3053,12 @@ class Migrator:
         for row in applied.values():
             result.append(MigrationStatus(row.version, row.name, None, "missing",
                                           row.checksum, row.applied_at, row.duration_ms))
-        result.sort(key=lambda s: (int(s.version), s.name))
+        def order(s: MigrationStatus) -> tuple:
+            return row_order(AppliedRow(s.version, s.name, "", "", 0.0), self.book.by_name)
+
+        if self.book.by_name:  # the files in wrangler's order, then those gone
+            return result[:len(migrations)] + sorted(result[len(migrations):], key=order)
+        result.sort(key=order)
         return result
 
     def plan(self, applied: Dict[int, AppliedRow], target: Optional[str] = None,
@@ -2873,7 +3066,7 @@ class Migrator:
              ) -> List[Migration]:
         """plan_migrations over this folder's migrations."""
         return plan_migrations(self.migrations(), applied, target, allow_out_of_order, done,
-                               self.migrations_dir)
+                               self.migrations_dir, self.book.by_name)
 
     # -- writing -------------------------------------------------------------------
 
@@ -2956,7 +3149,7 @@ class Migrator:
                     f"Migration {version} not found in applied migrations" if version else
                     f"Nothing to roll back: database {self.target.name} does not exist")
             record = self.read()
-            row = choose_rollback(record.applied, version, force)
+            row = choose_rollback(record.applied, version, force, self.book.by_name)
             chosen.append(row)
             run = _Run(self, report, bookmark=bookmark)
             step = run.rollback_step(row, record, version, force)
@@ -3093,7 +3286,7 @@ class _Run:
 
         def settled() -> bool:
             applied = self.migrator.read().applied
-            if migration.number in applied:
+            if migration.key in applied:
                 return True
             self.migrator.plan(applied, self.target, self.allow_out_of_order,
                                done=f"{_plural(len(self.report_.having(APPLIED)), 'migration')}"
@@ -3115,16 +3308,17 @@ class _Run:
             if problem:
                 raise MigrationFileError(f"{path}: {problem[2]}. Nothing was rolled back.")
             try:
-                statements = prepare_statements(Migration(row.version, row.name, path),
-                                                "roll back", self.db.d1_rules, self._warn)
+                statements = prepare_statements(
+                Migration(row.version, row.name, path, key=self.book.key(row)),
+                "roll back", self.db.d1_rules, self._warn)
             except MigrationFailed as exc:
                 raise exc.with_note("nothing was rolled back") from None
 
         def settled() -> bool:
             applied = self.migrator.read().applied
-            if int(row.version) not in applied:
+            if self.book.key(row) not in applied:
                 return True  # rolled back meanwhile, or by the batch whose answer was lost
-            if choose_rollback(applied, version, force) != row:
+            if choose_rollback(applied, version, force, self.book.by_name) != row:
                 raise MigrationError(
                     f"Another process changed the applied migrations of {self.db.name}"
                     " while this rollback started; nothing was rolled back. Run it again.")
@@ -3167,9 +3361,10 @@ class _Run:
         if self.target is not None:
             migrations = self.migrator.migrations()
             chosen = find_migration(self.target, migrations)
+            place = {m.key: index for index, m in enumerate(migrations)}
             self.report_.beyond_target = sum(
-                1 for m in migrations if m.number not in applied
-                and chosen is not None and m.number > chosen.number)
+                1 for m in migrations if m.key not in applied
+                and chosen is not None and place[m.key] > place[chosen.key])
 
     def restore_point(self) -> None:
         """Before the first change: the copy of a local file the user asked
@@ -3687,7 +3882,8 @@ def cmd_rollback(options: Options, console: Console) -> int:
 
 
 def cmd_check(options: Options, console: Console) -> int:
-    migrations, findings = check_folder(options.migrations_dir)
+    migrations, findings = check_folder(options.migrations_dir,
+                                        options.wrangler_table is not None)
     database = None
     if options.check_database:
         with _migrator(options, console) as migrator:
@@ -3718,7 +3914,7 @@ def cmd_new(options: Options, console: Console) -> int:
     if os.path.isdir(folder):
         # Every number in front of a .sql file counts, also of a misnamed or
         # duplicate one: a number is never reused.
-        numbers = scan_folder(folder).numbers
+        numbers = scan_folder(folder, options.wrangler_table is not None).numbers
     else:
         try:
             os.makedirs(folder)
@@ -3806,6 +4002,9 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--persist-to", metavar="DIR",
                         help="with --wrangler-config: wrangler's --persist-to folder"
                              " (default: .wrangler/state beside the config)")
+    folder.add_argument("--wrangler-env", metavar="NAME",
+                        help="with --wrangler-config: the D1 databases of the config's"
+                             " environment NAME (as wrangler --env NAME)")
     common = ArgumentParser(add_help=False, parents=[output, folder])
     common.add_argument("--env", choices=("dev", "production"), default="dev",
                         help=f"dev: ./{DEFAULT_DB_PATH}; production: the path in"

@@ -514,8 +514,9 @@ def test_github_annotations_only_under_github_actions(run_cli, write_migration, 
         " statement has no ';': wrangler appends its own INSERT to the file and the migration"
         " fails on D1; end it with ';'",
         f"::error file={path}bad name.sql,title=D1 check (bad-name)::the name does not match"
-        " NNNN_description.sql: apply_migrations.py ignores it, but wrangler would try to"
-        " apply it; rename it",
+        " NNNN_description.sql: apply_migrations.py ignores it, but wrangler would apply it"
+        " (and if wrangler has, renaming it makes wrangler apply it again): rename it, or use"
+        " wrangler's rules (--wrangler-config or --wrangler)",
     ]
     # The plain lines are still there, each before its annotation.
     assert sum(1 for line in out.splitlines() if LINE_FORMAT.fullmatch(line)) == 6

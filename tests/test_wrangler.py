@@ -137,7 +137,11 @@ def test_toml_subset_reader_reads_d1_databases():
     assert config["name"] == "trading-brain"
     assert config["workers_dev"] is True
     assert config["account_id"] == "acc # not a comment"
-    assert "production" not in json.dumps(config)  # [env.*] tables are not read
+    # Of [env.*] tables, only their D1 databases are read (--wrangler-env).
+    assert config["env"] == {"production": {"d1_databases": [
+        {"binding": "DB", "database_name": "production",
+         "database_id": "33333333-2222-3333-4444-555555555555"}]}}
+    assert "trading-brain-production" not in json.dumps(config)
 
 
 def test_toml_subset_reader_handles_crlf_and_comments_after_headers():
@@ -765,3 +769,259 @@ def test_dry_run_on_a_fresh_checkout_exits_as_the_real_run(wrangler_project, run
     code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
     assert code == (1 if failing else 0), err
     assert local_database(wrangler_project).is_file()
+
+
+# --------------------------------------------------------------------------
+# wrangler's rules in wrangler mode (issue 16): every *.sql file, known by its
+# name, in wrangler's order (parseInt of the text before the first "_",
+# stable on the names in JavaScript's order)
+
+
+@pytest.mark.parametrize("text,number", [
+    ("0005", 5.0), ("0005-skill-parameters.sql", 5.0), ("  42abc", 42.0), ("-3", -3.0),
+    ("+7x", 7.0), ("0x1A", 26.0), ("seed.sql", None), ("", None), ("_x", None),
+    ("9" * 20, 1e20),
+])
+def test_js_parse_int(text, number):
+    assert apply_migrations.js_parse_int(text) == number
+
+
+def ordered(names: Sequence[str]) -> List[str]:
+    migrations = [apply_migrations.Migration(n[:-4], n[:-4], n, key=n) for n in names]
+    return [m.filename for m in apply_migrations.wrangler_order(migrations)]
+
+
+def test_wrangler_order_of_numbered_names():
+    assert ordered(["10_d.sql", "9_e.sql", "0002_c.sql", "0002-a.sql", "0005-skill.sql",
+                    "0001_init.sql", "0002_b.sql"]) == [
+        "0001_init.sql", "0002-a.sql", "0002_b.sql", "0002_c.sql", "0005-skill.sql",
+        "9_e.sql", "10_d.sql"]
+
+
+def test_wrangler_order_of_many_names_is_by_number_then_name():
+    names = [f"{i % 70}_{'x' if i % 2 else 'y'}{i}.sql" for i in range(140)]
+    result = ordered(names)
+    assert result == sorted(names, key=lambda n: (int(n.split("_")[0]), n))
+
+
+HYPHENATED = {
+    "0001_init.sql": "CREATE TABLE log (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                     " name TEXT NOT NULL);\n",
+}
+
+
+def logged(name: str) -> str:
+    return f"INSERT INTO log (name) VALUES ('{name}');\n"
+
+
+for _name in ("0002-a-hyphen.sql", "0002_b.sql", "0005-skill-parameters.sql", "9_e.sql",
+              "10_d.sql"):
+    HYPHENATED[_name] = logged(_name)
+
+
+def test_wrangler_mode_applies_every_sql_file_in_wranglers_order(wrangler_project, run_cli):
+    write_project(wrangler_project, HYPHENATED)
+    code, out, err = run_cli(["status", "--wrangler-config", "wrangler.toml", "--json"])
+    assert code == 0, err
+    assert [m["name"] for m in json.loads(out)["migrations"]] == [
+        "0001_init", "0002-a-hyphen", "0002_b", "0005-skill-parameters", "9_e", "10_d"]
+    assert "Warning" not in err
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml"])
+    assert code == 0, err
+    db = local_database(wrangler_project)
+    order = [n for n in HYPHENATED if n != "0001_init.sql"]
+    assert [r[0] for r in query(db, "SELECT name FROM log ORDER BY id")] == [
+        "0002-a-hyphen.sql", "0002_b.sql", "0005-skill-parameters.sql", "9_e.sql", "10_d.sql"]
+    assert wrangler_rows(db) == ["0001_init.sql"] + order
+    # The version column keeps the digits where they name one NNNN_ file
+    # alone, else the name: every row its own key.
+    assert query(db, "SELECT version, name FROM schema_migrations ORDER BY name") == [
+        ("0001", "0001_init"), ("0002-a-hyphen", "0002-a-hyphen"), ("0002", "0002_b"),
+        ("0005-skill-parameters", "0005-skill-parameters"), ("10", "10_d"), ("9", "9_e")]
+    code, out, err = run_cli(["check", "--wrangler-config", "wrangler.toml", "--json"])
+    assert code == 0 and json.loads(out)["findings"] == [], out
+    code, out, err = run_cli(["status", "--wrangler-config", "wrangler.toml", "--exit-code"])
+    assert code == 0, out
+    # A number that names two migrations is not enough to pick one.
+    code, out, err = run_cli(["rollback", "--wrangler-config", "wrangler.toml",
+                              "--version", "0002", "--force"])
+    assert code == 2 and "0002 could be any of 0002-a-hyphen, 0002_b" in err, err
+    code, out, err = run_cli(["rollback", "--wrangler-config", "wrangler.toml"])
+    assert code == 0 and "Rolled back 10_d:" in out, (out, err)
+
+
+def test_without_wrangler_mode_the_tools_rules_hold(project, run_cli):
+    write_project(project, HYPHENATED)
+    code, out, err = run_cli(["apply", "--db-path", "x.db"])
+    assert code == 0, err
+    assert "Warning: Ignoring migrations/0002-a-hyphen.sql" in err
+    assert "Warning: Ignoring migrations/0005-skill-parameters.sql" in err
+    assert "2 .sql files in it were ignored" not in out  # something was applied
+    assert [r[0] for r in query(project / "x.db", "SELECT name FROM log ORDER BY id")] == [
+        "0002_b.sql", "9_e.sql", "10_d.sql"]
+    code, out, err = run_cli(["apply", "--db-path", "x.db"])
+    assert code == 0 and "2 .sql files in it were ignored: see the warnings above." in out
+
+
+ENV_TOML = f"""\
+name = "app"
+
+[env.production]
+name = "app-production"
+
+[[env.production.d1_databases]]
+binding = "DB"
+database_name = "app-prod"
+database_id = "{DATABASE_ID}"
+migrations_dir = "db/migrations"
+
+[env.staging]
+name = "app-staging"
+"""
+ENV_JSONC = """\
+{
+  // only the production environment declares D1
+  "name": "app",
+  "env": {
+    "production": {
+      "d1_databases": [
+        {"binding": "DB", "database_name": "app-prod", "database_id": "%s",
+         "migrations_dir": "db/migrations",},
+      ],
+    },
+    "staging": {},
+  },
+}
+""" % DATABASE_ID
+
+
+@pytest.mark.parametrize("name,text", [("wrangler.toml", ENV_TOML),
+                                       ("wrangler.jsonc", ENV_JSONC)])
+def test_a_binding_declared_only_under_an_environment(project, run_cli, name, text,
+                                                      monkeypatch):
+    write(project / name, text)
+    write(project / "db" / "migrations" / "0001_a.sql", "CREATE TABLE a (x);\n")
+    code, out, err = run_cli(["status", "--wrangler-config", name])
+    assert code == 2
+    assert err.strip() == (
+        f"Error: {name} declares its D1 databases only in the environment production;"
+        " choose one with --wrangler-env production")
+    code, out, err = run_cli(["apply", "--wrangler-config", name, "--wrangler-env", "production"])
+    assert code == 0, err
+    assert wrangler_rows(local_database(project)) == ["0001_a.sql"]
+    code, out, err = run_cli(["status", "--wrangler-config", name, "--wrangler-env", "qa"])
+    assert code == 2
+    assert err.strip() == f"Error: {name} has no environment qa (it has: production, staging)"
+    code, out, err = run_cli(["status", "--wrangler-config", name, "--wrangler-env", "staging"])
+    assert code == 2
+    empty = ("[[env.staging.d1_databases]]" if name.endswith(".toml")
+             else '"env": {"staging": {"d1_databases": [...]}}')
+    assert err.strip() == f"Error: {name} has no D1 database ({empty} is empty)"
+
+
+def test_environments_in_the_toml_subset_reader():
+    parsed = apply_migrations._parse_toml_subset(ENV_TOML)
+    assert parsed["env"]["production"]["d1_databases"] == [
+        {"binding": "DB", "database_name": "app-prod", "database_id": DATABASE_ID,
+         "migrations_dir": "db/migrations"}]
+
+
+def test_wrangler_env_needs_a_config(project, run_cli):
+    code, out, err = run_cli(["status", "--wrangler-env", "production"])
+    assert code == 2
+    assert err.strip() == ("Error: --wrangler-env production needs --wrangler-config: it"
+                           " selects within the wrangler config, and no config was given.")
+
+
+@pytest.fixture(scope="module")
+def hyphenated_runs(wrangler_bin, tmp_path_factory) -> SimpleNamespace:
+    """The same folder of hyphenated, duplicate and out-of-string-order
+    numbers, with a name that has no number: applied (a) by wrangler alone,
+    (b) half by wrangler then the rest by the tool, (c) half by the tool
+    then the rest by wrangler."""
+    files = dict(HYPHENATED)
+    files["seed.sql"] = logged("seed.sql")  # no number: NaN to wrangler's sort
+    # Every file may run first (the NaN one too): create the log if needed.
+    files = {n: "CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " name TEXT NOT NULL);\n" + (text if n != "0001_init.sql" else "")
+             for n, text in files.items()}
+    first_half = ["0001_init.sql", "10_d.sql", "0002_b.sql"]
+    runs = SimpleNamespace()
+
+    def log(root):
+        db = local_database(root)
+        return [r[0] for r in query(db, "SELECT name FROM log ORDER BY id")], wrangler_rows(db)
+
+    alone = write_project(tmp_path_factory.mktemp("alone"), files)
+    run = migrations_apply(wrangler_bin, alone)
+    assert run.returncode == 0, run.describe()
+    runs.wrangler_alone = log(alone)
+    runs.wrangler_alone_schema = user_schema(local_database(alone))
+
+    # (b) wrangler first, on a part of the folder; then the tool
+    b = write_project(tmp_path_factory.mktemp("wrangler_first"),
+                      {n: files[n] for n in first_half})
+    run = migrations_apply(wrangler_bin, b)
+    assert run.returncode == 0, run.describe()
+    write_project(b, files)
+    runs.b_status = tool(["status", "--json", "--wrangler-config", "wrangler.toml"], b)
+    runs.b_apply = tool(["apply", "--json", "--wrangler-config", "wrangler.toml"], b)
+    runs.b = log(b)
+    runs.b_expected = (wrangler_cli.to_be_applied(run), None)
+
+    # (c) the tool first, on a part of the folder; then wrangler
+    c = write_project(tmp_path_factory.mktemp("tool_first"), {n: files[n] for n in first_half})
+    runs.c_apply = tool(["apply", "--wrangler-config", "wrangler.toml"], c)
+    write_project(c, files)
+    runs.c_wrangler = migrations_apply(wrangler_bin, c)
+    runs.c = log(c)
+    runs.c_tool_status = tool(["status", "--json", "--wrangler-config", "wrangler.toml"], c)
+    runs.all_files = sorted(files)
+    return runs
+
+
+@pytest.mark.wrangler
+def test_the_tool_applies_in_wranglers_order(hyphenated_runs):
+    runs = hyphenated_runs
+    log, d1_rows = runs.wrangler_alone
+    assert sorted(d1_rows) == runs.all_files
+    # What the tool would do on the same folder from scratch: its own order.
+    migrations = [apply_migrations.Migration(n[:-4], n[:-4], n, key=n) for n in runs.all_files]
+    assert [m.filename for m in apply_migrations.wrangler_order(migrations)] == d1_rows
+
+
+@pytest.mark.wrangler
+def test_after_wrangler_the_tool_applies_the_rest_in_wranglers_order(hyphenated_runs):
+    runs = hyphenated_runs
+    code, out, err = runs.b_status
+    assert code == 0, err
+    pending = [m["name"] + ".sql" for m in json.loads(out)["migrations"]
+               if m["state"] == "pending"]
+    code, out, err = runs.b_apply
+    assert code == 0, err
+    applied = [a["name"] + ".sql" for a in json.loads(out)["applied"]]
+    assert sorted(pending) == sorted(applied)
+    log, d1_rows = runs.b
+    # wrangler's part first (its order), then the tool's, in wrangler's order
+    # of what was pending.
+    tool_part = d1_rows[3:]
+    assert applied == tool_part
+    migrations = [apply_migrations.Migration(n[:-4], n[:-4], n, key=n) for n in tool_part]
+    assert [m.filename for m in apply_migrations.wrangler_order(migrations)] == tool_part
+    assert sorted(d1_rows) == runs.all_files and len(set(log)) == len(log)
+
+
+@pytest.mark.wrangler
+def test_after_the_tool_wrangler_applies_only_the_rest(hyphenated_runs):
+    runs = hyphenated_runs
+    assert runs.c_apply[0] == 0, runs.c_apply
+    run = runs.c_wrangler
+    assert run.returncode == 0, run.describe()
+    log, d1_rows = runs.c
+    applied_by_wrangler = to_be_applied(run)
+    assert sorted(d1_rows[:3]) == sorted(["0001_init.sql", "0002_b.sql", "10_d.sql"])
+    assert applied_by_wrangler == d1_rows[3:]
+    assert sorted(d1_rows) == runs.all_files
+    code, out, err = runs.c_tool_status
+    assert code == 0, err
+    assert {m["state"] for m in json.loads(out)["migrations"]} == {"applied"}
