@@ -39,23 +39,25 @@ above it.
                             record (the tool's table and wrangler's), for every target
  10. Targets .............. Target (the narrow interface), Step; SQLiteTarget
  11. Remote D1 ............ D1Client (HTTP), D1Target
- 12. The engine ........... plan_migrations, prepare_statements, choose_rollback;
-                            Migrator (the public entry); _Run (the migration loop,
+ 12. Planning ............. plan_migrations, prepare_statements, choose_rollback;
+                            what a migration drops, who references it, and the
+                            guard that keeps it from losing their rows
+ 13. The engine ........... Migrator (the public entry); _Run (the migration loop,
                             and _Run.report, the one point where outcomes are told)
- 13. Output ............... Console (streams, JSON, GitHub annotations, step
+ 14. Output ............... Console (streams, JSON, GitHub annotations, step
                             summaries) and show_* (what each command shows)
- 14. Command line ......... the parser, one function per command, main()
+ 15. Command line ......... the parser, one function per command, main()
 
 Where a change goes:
   - a per-file option (say, a marker line that opts a file out of the
     transaction): read it in prepare_statements (12) into the Step (10), and
     honour it where each target runs a Step (SQLiteTarget.run, D1Target.run);
-  - a new command such as `baseline`: a Migrator method (12) that writes
-    Bookkeeping entries (9), and a cmd_ function and parser entry (14);
+  - a new command such as `baseline`: a Migrator method (13) that writes
+    Bookkeeping entries (9), and a cmd_ function and parser entry (15);
   - a history table: its SQL in Bookkeeping (9), written with each Step's
-    bookkeeping, and from _Run.report (12), which sees every outcome;
+    bookkeeping, and from _Run.report (13), which sees every outcome;
   - a new D1 rule: one function and one D1_RULES entry (5);
-  - a new output format: a Console method or a show_ function (13).
+  - a new output format: a Console method or a show_ function (14).
 
 The public API is __all__; every other name is an implementation detail.
 
@@ -1380,6 +1382,7 @@ class Options:
     dry_run: bool = False
     backup: Union[None, bool, str] = None  # True: beside the database
     bookmark: bool = True  # remote D1: take a Time Travel bookmark before changing it
+    allow_row_loss: bool = False  # let ON DELETE actions take rows of tables not named
     version: Optional[str] = None
     force: bool = False
     exit_code: bool = False
@@ -1428,7 +1431,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
             raise ConfigurationError(
                 f"{_opt(name)} is empty; give a value, or leave the option out for its default")
     # The values that pass as they are; the rest is worked out below.
-    plain = ("command", "wrangler_config", "target", "allow_out_of_order",
+    plain = ("command", "wrangler_config", "target", "allow_out_of_order", "allow_row_loss",
              "single_transaction", "dry_run", "backup", "version", "force", "exit_code",
              "description", "json", "quiet", "verbose")
     options = Options(**{name: get(name) for name in plain if get(name) is not None})
@@ -1514,7 +1517,7 @@ def _d1_settings(values: Mapping[str, object], environ: Mapping[str, str],
 
 
 # ==========================================================================
-# 8. Outcomes: what happened to each migration, as data.  _Run.report (12) is
+# 8. Outcomes: what happened to each migration, as data.  _Run.report (13) is
 #    the one place an Outcome is made known; the output, and anything that
 #    wants to know (a history table, metrics), reads it from there.
 # ==========================================================================
@@ -1771,7 +1774,8 @@ def _trusted_row(raw: tuple) -> bool:
 # ==========================================================================
 
 
-class Step(namedtuple("Step", "action version name path statements hoisted record amend settled")):
+class Step(namedtuple(
+        "Step", "action version name path statements hoisted record amend settled guard")):
     """One migration, or one rollback, ready to run: its statements and the
     bookkeeping that commits with them, all checked before anything runs.
 
@@ -1789,6 +1793,10 @@ class Step(namedtuple("Step", "action version name path statements hoisted recor
     settled (Callable[[], bool]): re-reads the record: True when the step's effect is
         already there (another process did it, or a lost answer hid that it ran); raises
         when the plan no longer holds (a later migration appeared meanwhile).
+    guard (Callable[[query], Guard]): given a read of the schema just before the step
+        runs, the statements to run before and after its own, in its transaction, that
+        fail it when it would take rows from tables it does not name ("rows a
+        migration must not lose", section 12).
     """
 
     __slots__ = ()
@@ -2179,8 +2187,11 @@ class SQLiteTarget(Target):
                 if self.db.data_version() != self._seen_version and step.settled():
                     self.db.abandon()
                     return None
+                guard = step.guard(self.query)
                 started = time.perf_counter()
+                self._admin_all(guard.before)
                 self._execute(step, step.statements[hoisted:])
+                self._check_guard(step, guard)
                 duration_ms = self._finish_step(step, started)
                 try:
                     self.db.commit()
@@ -2205,8 +2216,11 @@ class SQLiteTarget(Target):
                 self._refuse_hoisting(steps, "single_transaction" if commit else "dry_run")
             for step in steps:
                 self._check_orphans(step)
+                guard = step.guard(self.query)
                 started = time.perf_counter()
+                self._admin_all(guard.before)
                 self._execute(step, step.statements)
+                self._check_guard(step, guard)
                 on_ran(step, self._finish_step(step, started))
             if self.db.stop_signal is not None:
                 raise _Stop(self.db.stop_signal, "rolled back")
@@ -2293,6 +2307,24 @@ class SQLiteTarget(Target):
                                   action=step.action) from exc
         finally:
             db.running = None
+
+    def _admin_all(self, entries: List[Entry]) -> None:
+        for sql, params in entries:
+            self.db.admin(sql, params)
+
+    def _check_guard(self, step: Step, guard: Guard) -> None:
+        """The guard's recounts after a step: a refusal becomes the step's
+        failure, with both counts (read before the rollback)."""
+        for sql, params in guard.after:
+            try:
+                self.db.admin(sql, params)
+            except sqlite3.Error as exc:
+                ref = guard.failed(str(exc))
+                if ref is None:
+                    raise
+                kept = self.db.admin(SQL_GUARD_KEPT, (ref,)).fetchone()[0]
+                now = self.db.admin(guard.count_sql(ref)).fetchone()[0]
+                raise guard.failure(step, ref, kept, now) from None
 
     def _finish_step(self, step: Step, started: float) -> float:
         """After a step's statements: check its foreign keys and write its
@@ -2617,7 +2649,8 @@ class D1Target(Target):
         self.client.batch(entries, idempotent=True)
 
     def run(self, step: Step) -> Optional[float]:
-        entries = self._entries(step) + step.record(0.0)
+        guard = step.guard(self.query)
+        entries = guard.before + self._entries(step) + guard.after + step.record(0.0)
         for attempt in range(self.client.retries + 1):
             self._check_stop("not sent")
             try:
@@ -2634,10 +2667,12 @@ class D1Target(Target):
                 self.client.pause(self.client.backoff * 2 ** attempt)
                 continue
             except D1Error as exc:
+                self._refuse_if_guarded(step, guard, exc)
                 if step.settled():
                     return None  # the tracking row's key refused a second copy
                 raise self._locate(step, exc) from None
-            duration = _d1_duration(result[:len(step.statements)])
+            first = len(guard.before)
+            duration = _d1_duration(result[first:first + len(step.statements)])
             amend = step.amend(duration)
             try:
                 if amend and self._stop_signal is None:  # after a stop, nothing more is sent
@@ -2655,11 +2690,14 @@ class D1Target(Target):
                 self.ensure(ensure)
             return
         entries = list(ensure)
-        sizes = []
+        owns = []  # each step's entries, and how many of them come before its own
         for step in steps:
-            own = self._entries(step) + step.record(0.0)
-            sizes.append(len(own))
-            entries += own
+            # The schema as it is now: references that earlier steps of this
+            # batch create are not seen (the batch cannot be read midway).
+            guard = step.guard(self.query)
+            owns.append((guard.before + self._entries(step) + guard.after + step.record(0.0),
+                         guard))
+            entries += owns[-1][0]
         self._check_stop("not sent")
         try:
             if commit:
@@ -2677,11 +2715,12 @@ class D1Target(Target):
                 raise D1Error(f"{unsure}; D1 did not apply the run: nothing was applied,"
                               " run apply again") from None
         except D1Error as exc:
-            raise self._first_failure(ensure, steps, exc, on_ran) from None
+            raise self._first_failure(ensure, steps, owns, exc, on_ran) from None
         offset = len(ensure)
-        for step, size in zip(steps, sizes):
-            on_ran(step, _d1_duration(results[offset:offset + len(step.statements)]))
-            offset += size
+        for step, (own, guard) in zip(steps, owns):
+            start = offset + len(guard.before)
+            on_ran(step, _d1_duration(results[start:start + len(step.statements)]))
+            offset += len(own)
 
     def bookmark(self) -> str:
         """A Time Travel bookmark of the database as it is now (a capability
@@ -2718,6 +2757,17 @@ class D1Target(Target):
     def _check_stop(self, state: Optional[str]) -> None:
         if self._stop_signal is not None:
             raise _Stop(self._stop_signal, state)
+
+    def _refuse_if_guarded(self, step: Step, guard: Guard, error: D1Error) -> None:
+        """When the guard failed the batch: the step's failure, with the
+        count from before (the batch left nothing to count after it)."""
+        ref = guard.failed(str(error))
+        if ref is not None:
+            kept = None
+            if self._stop_signal is None:
+                rows = self.query(guard.count_sql(ref))
+                kept = rows[0][0] if rows else None
+            raise guard.failure(step, ref, kept, None) from None
 
     @staticmethod
     def _entries(step: Step) -> List[Entry]:
@@ -2756,16 +2806,18 @@ class D1Target(Target):
         return MigrationFailed(step.name, step.path, str(error), number,
                                statement.line, statement.sql, action=step.action)
 
-    def _first_failure(self, ensure: List[Entry], steps: List[Step], error: D1Error,
+    def _first_failure(self, ensure: List[Entry], steps: List[Step],
+                       owns: List["tuple[List[Entry], Guard]"], error: D1Error,
                        on_ran: Callable[[Step, float], None]) -> MigrationFailed:
         """Which step of a one-batch run failed: growing prefixes of whole
         steps are tried, and rolled back, until one fails."""
         entries = list(ensure)
-        for step in steps:
-            before = list(entries)
-            entries += self._entries(step) + step.record(0.0)
+        for step, (own, guard) in zip(steps, owns):
+            before = entries + guard.before
+            entries += own
             failed = self._rolled_back_on_purpose(entries)
             if failed is not None:
+                self._refuse_if_guarded(step, guard, failed)
                 return self._locate(step, failed, before=before)
             on_ran(step, 0.0)
         last = steps[-1]
@@ -2773,9 +2825,9 @@ class D1Target(Target):
 
 
 # ==========================================================================
-# 12. The engine: plans and prepares migrations and rollbacks, and runs them
-#     through a Target, written once for every target.  A _Run reports each
-#     outcome at one point (_Run.report).
+# 12. Planning: what to run and what it may do.  Pure functions of the files,
+#     the record and a schema: the plan, each file's statements ready to
+#     run, the rollback to choose, and the guard against losing rows.
 # ==========================================================================
 
 
@@ -2916,6 +2968,202 @@ def choose_rollback(applied: Dict[Union[int, str], AppliedRow], version: Optiona
             f" ({', '.join(later)}). Roll those back first, or pass {_opt('force')}"
             " to roll back only this one.")
     return row
+
+
+# -- rows a migration must not lose ------------------------------------------
+# D1 always enforces foreign keys, so a DROP TABLE (a table rebuild's among
+# them) or a DELETE of a table that others reference runs their ON DELETE
+# actions: CASCADE deletes their rows, SET NULL and SET DEFAULT empty their
+# references.  A migration does that to tables it does not name without a
+# word (cloudflare/workers-sdk#5438).  What it drops and deletes from is read
+# from its statements; who references those tables, from the schema just
+# before it runs; and the guard counts those rows before and after it, in
+# the same transaction (the same batch on D1), failing it with the table and
+# the counts when they drop.  Plain references need no guard: their rows
+# make the DROP itself fail.
+
+
+class Changes(namedtuple("Changes", "drops deletes names")):
+    """What a migration's statements do to tables, by lower-cased name.
+
+    drops (frozenset): the tables it drops (DROP TABLE; a rebuild drops one)
+    deletes (frozenset): the tables it deletes rows from (DELETE FROM)
+    names (frozenset): every table it names as what it creates, drops,
+        alters or writes: its own business, never guarded
+    """
+
+    __slots__ = ()
+
+
+class Reference(namedtuple("Reference", "child column parent action")):
+    """A foreign key of `child` (its `column`) to `parent`, with its ON
+    DELETE action ("CASCADE", "SET NULL", "SET DEFAULT", ...), as
+    pragma_foreign_key_list reports it."""
+
+    __slots__ = ()
+
+    def describe(self) -> str:
+        if self.action == "CASCADE":
+            return f"{self.child} (ON DELETE CASCADE from {self.parent})"
+        return f"{self.child}.{self.column} (ON DELETE {self.action} to {self.parent})"
+
+    def counted(self) -> Dict[str, str]:
+        """What the guard counts: the child's rows (CASCADE deletes them) or
+        its references (SET NULL and SET DEFAULT empty them), quoted."""
+        return {"counted": "*" if self.action == "CASCADE" else quote_identifier(self.column),
+                "table": quote_identifier(self.child)}
+
+
+_TABLE_NAME = rf"(?:{_SQL_NAME}\s*\.\s*)?({_SQL_NAME})"
+_DROPS = re.compile(rf"(?i)\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?{_TABLE_NAME}")
+_DELETES = re.compile(rf"(?i)\bDELETE\s+FROM\s+{_TABLE_NAME}")
+_NAMES = re.compile(
+    r"(?i)\b(?:CREATE\s+(?:TEMP(?:ORARY)?\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"|DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?|ALTER\s+TABLE\s+|RENAME\s+TO\s+"
+    r"|INSERT\s+(?:OR\s+\w+\s+)?INTO\s+|REPLACE\s+INTO\s+|UPDATE\s+(?:OR\s+\w+\s+)?"
+    rf"|DELETE\s+FROM\s+){_TABLE_NAME}")
+_STRING = re.compile(r"'[^']*(?:''[^']*)*'")
+SQL_REFERENCES = (
+    'SELECT m.name, f."from", f."table", upper(f.on_delete)'
+    " FROM sqlite_master AS m JOIN pragma_foreign_key_list(m.name) AS f"
+    " WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+    " AND m.name NOT LIKE '!_cf!_%' ESCAPE '!'")
+# The guard: a table of counts, one row per guarded reference, and one CHECK
+# constraint per row that refuses a smaller count after the migration.  (A
+# trigger's RAISE could say more, but before SQLite 3.47 it takes only a
+# literal.)  The numbers in the constraints are the guard's own row numbers.
+GUARD_TABLE = "apply_migrations_guard"
+GUARD_MARK = "apply_migrations: rows lost "
+SQL_GUARD_CREATE = (f"CREATE TABLE {quote_identifier(GUARD_TABLE)}"
+                    " (ref INTEGER PRIMARY KEY, kept INTEGER NOT NULL, now INTEGER{checks})")
+SQL_GUARD_CHECK = ", CONSTRAINT {name} CHECK (ref <> {ref} OR now IS NULL OR now >= kept)"
+SQL_GUARD_COUNT = (f"INSERT INTO {quote_identifier(GUARD_TABLE)} (ref, kept)"
+                   " SELECT ?, count({counted}) FROM {table}")
+SQL_GUARD_RECOUNT = (f"UPDATE {quote_identifier(GUARD_TABLE)}"
+                     " SET now = (SELECT count({counted}) FROM {table}) WHERE ref = ?")
+SQL_GUARD_KEPT = f"SELECT kept FROM {quote_identifier(GUARD_TABLE)} WHERE ref = ?"
+SQL_COUNT = "SELECT count({counted}) FROM {table}"
+SQL_GUARD_DROP = f"DROP TABLE {quote_identifier(GUARD_TABLE)}"
+_GUARDED_ACTIONS = frozenset(("CASCADE", "SET NULL", "SET DEFAULT"))
+_GUARD_FAILED = re.compile(re.escape(GUARD_MARK) + r"(\d+)")
+
+
+class Guard(namedtuple("Guard", "before after references")):
+    """The statements to run before and after a step, in its transaction,
+    and the references they count (the n-th is row n of the guard table).
+
+    before, after (List[Entry])
+    references (List[Reference])
+    """
+
+    __slots__ = ()
+
+    def failed(self, message: str) -> Optional[int]:
+        """Which reference (from 1) an error message says lost rows; None
+        when it is not the guard's."""
+        match = _GUARD_FAILED.search(message)
+        return int(match.group(1)) if match and self.references else None
+
+    def count_sql(self, ref: int) -> str:
+        return SQL_COUNT.format(**self.references[ref - 1].counted())
+
+    def failure(self, step: "Step", ref: int, kept: Optional[int],
+                now: Optional[int]) -> MigrationFailed:
+        """What to report when the guard stopped a step: the table, and the
+        counts as far as they are known (a remote batch that failed leaves
+        nothing to count afterwards)."""
+        reference = self.references[ref - 1]
+        unit = "rows" if reference.action == "CASCADE" else "references"
+        counts = ("" if kept is None else f", {kept} {unit} before"
+                  + ("" if now is None else f" and {now} after"))
+        return MigrationFailed(
+            step.name, step.path,
+            f"it would take {unit} from a table it does not name, through a foreign key's"
+            f" ON DELETE action (D1 always enforces them): {reference.describe()}{counts};"
+            f" it was rolled back. Keep those {unit} in the migration (copy them aside and"
+            " back, or rebuild that table too), or pass"
+            f" {_opt('allow_row_loss')} if the loss is intended", action=step.action)
+
+
+NO_GUARD = Guard([], [], [])
+
+
+def _unquote(name: str) -> str:
+    if name[:1] in ('"', "`") and name[-1:] == name[:1]:
+        return name[1:-1].replace(name[0] * 2, name[0])
+    if name[:1] == "[" and name[-1:] == "]":
+        return name[1:-1]
+    return name
+
+
+def changes_of(statements: Sequence[Statement]) -> Changes:
+    """What the statements drop, delete from and name (read from their text,
+    comments and string literals left out)."""
+    drops, deletes, names = set(), set(), set()
+    for statement in statements:
+        words = _STRING.sub("''", _without_comments(statement.sql))
+        for pattern, found in ((_DROPS, drops), (_DELETES, deletes), (_NAMES, names)):
+            for match in pattern.finditer(words):
+                found.add(_unquote(match.group(1)).lower())
+    return Changes(frozenset(drops), frozenset(deletes), frozenset(names))
+
+
+def references_to(query: Callable[[str, tuple], List[tuple]],
+                  tables: frozenset) -> List[Reference]:
+    """The foreign keys, in the schema `query` reads, that point at `tables`."""
+    return [Reference(str(child), str(column), str(parent), str(action or "NO ACTION"))
+            for child, column, parent, action in query(SQL_REFERENCES, ())
+            if str(parent).lower() in tables]
+
+
+def guard_of(references: Sequence[Reference]) -> Guard:
+    """The guard over `references`: counts before a migration of the rows
+    (or references) their ON DELETE actions could take, and a refusal when
+    fewer are left after it."""
+    if not references:
+        return NO_GUARD
+    checks = "".join(SQL_GUARD_CHECK.format(name=quote_identifier(f"{GUARD_MARK}{ref}"),
+                                            ref=ref)
+                     for ref in range(1, len(references) + 1))
+    before: List[Entry] = [(SQL_GUARD_CREATE.format(checks=checks), [])]
+    after: List[Entry] = []
+    for ref, reference in enumerate(references, 1):
+        before.append((SQL_GUARD_COUNT.format(**reference.counted()), [ref]))
+        after.append((SQL_GUARD_RECOUNT.format(**reference.counted()), [ref]))
+    after.append((SQL_GUARD_DROP, []))
+    return Guard(before, after, list(references))
+
+
+def guard_for(changes: Changes) -> Callable[[Callable[[str, tuple], List[tuple]]], Guard]:
+    """A Step's guard: given a read of the schema just before the step, the
+    Guard over the references (with an ON DELETE action) to what it drops or
+    deletes from, from tables it does not name."""
+    touched = changes.drops | changes.deletes
+
+    def guard(query: Callable[[str, tuple], List[tuple]]) -> Guard:
+        if not touched:
+            return NO_GUARD
+        seen: set = set()
+        references = []
+        for ref in references_to(query, touched):
+            if (ref.action in _GUARDED_ACTIONS and ref.child.lower() not in changes.names
+                    and (ref.child, ref.column) not in seen):
+                seen.add((ref.child, ref.column))
+                references.append(ref)
+        return guard_of(references)
+
+    return guard
+
+
+def no_guard(query: Callable[[str, tuple], List[tuple]]) -> Guard:
+    return NO_GUARD
+
+
+# ==========================================================================
+# 13. The engine: runs migrations and rollbacks through a Target, written
+#     once for every target.  A _Run reports each outcome at one point
+#     (_Run.report).
+# ==========================================================================
 
 
 class Migrator:
@@ -3084,7 +3332,8 @@ class Migrator:
 
     def apply(self, target: Optional[str] = None, *, allow_out_of_order: bool = False,
               single_transaction: bool = False, dry_run: bool = False,
-              backup: Union[None, bool, str] = None, bookmark: bool = True) -> RunReport:
+              backup: Union[None, bool, str] = None, bookmark: bool = True,
+              allow_row_loss: bool = False) -> RunReport:
         """Apply the pending migrations in order (up to `target`).
 
         Each one commits together with its tracking row.  On a failure the run
@@ -3094,11 +3343,13 @@ class Migrator:
         dry_run does the same and always rolls back.  With backup (True, or a
         path) a local database is copied first, when something is pending; a
         remote D1 database's Time Travel bookmark is taken first unless
-        bookmark is False.
+        bookmark is False.  A migration that would take rows from a table it
+        does not name, through a foreign key's ON DELETE action, fails
+        unless allow_row_loss.
         """
         report = self._new_report("apply", dry_run, single_transaction)
         report.target = target
-        run = _Run(self, report, target, allow_out_of_order, backup, bookmark)
+        run = _Run(self, report, target, allow_out_of_order, backup, bookmark, allow_row_loss)
         whole = single_transaction or dry_run
 
         def interrupted(stop: _Stop) -> Interrupted:
@@ -3128,7 +3379,7 @@ class Migrator:
         return report
 
     def rollback(self, version: Optional[str] = None, *, force: bool = False,
-                 bookmark: bool = True) -> RunReport:
+                 bookmark: bool = True, allow_row_loss: bool = False) -> RunReport:
         """Undo one applied migration (default: the latest): run its down
         script, if there is one, and delete its tracking row, in one
         transaction.  The outcome's path is the down script (None: the
@@ -3151,7 +3402,7 @@ class Migrator:
             record = self.read()
             row = choose_rollback(record.applied, version, force, self.book.by_name)
             chosen.append(row)
-            run = _Run(self, report, bookmark=bookmark)
+            run = _Run(self, report, bookmark=bookmark, allow_row_loss=allow_row_loss)
             step = run.rollback_step(row, record, version, force)
             report.planned = 1
             report.statements = len(step.statements)
@@ -3198,7 +3449,7 @@ class _Run:
 
     def __init__(self, migrator: Migrator, report: RunReport, target: Optional[str] = None,
                  allow_out_of_order: bool = False, backup: Union[None, bool, str] = None,
-                 bookmark: bool = True):
+                 bookmark: bool = True, allow_row_loss: bool = False):
         self.migrator = migrator
         self.book = migrator.book
         self.db = migrator.target
@@ -3207,6 +3458,7 @@ class _Run:
         self.allow_out_of_order = allow_out_of_order
         self.backup = backup
         self.bookmark = bookmark
+        self.allow_row_loss = allow_row_loss
 
     def each(self) -> None:
         """Each pending migration in its own transaction."""
@@ -3296,7 +3548,8 @@ class _Run:
         return Step("apply", migration.version, migration.name, migration.path, statements,
                     _leading_foreign_keys(statements),
                     lambda ms: self.book.record(migration, ms),
-                    lambda ms: [self.book.set_duration(migration.version, ms)], settled)
+                    lambda ms: [self.book.set_duration(migration.version, ms)], settled,
+                    self._guard(statements))
 
     def rollback_step(self, row: AppliedRow, record: Record, version: Optional[str],
                       force: bool) -> Step:
@@ -3326,7 +3579,13 @@ class _Run:
 
         return Step("roll back", row.version, row.name, path if exists else None, statements,
                     _leading_foreign_keys(statements),
-                    lambda ms: self.book.forget(row, record), lambda ms: [], settled)
+                    lambda ms: self.book.forget(row, record), lambda ms: [], settled,
+                    self._guard(statements))
+
+    def _guard(self, statements: List[Tuple[int, Statement]]) -> Callable:
+        if self.allow_row_loss:
+            return no_guard
+        return guard_for(changes_of([statement for _, statement in statements]))
 
     def run(self, step: Step, index: int, done: str) -> None:
         """One step through the target, and its outcome reported."""
@@ -3390,7 +3649,7 @@ def _plural(count: int, word: str) -> str:
 
 
 # ==========================================================================
-# 13. Output: what the command line shows, rendered from outcomes and
+# 14. Output: what the command line shows, rendered from outcomes and
 #     reports: text or JSON on stdout, errors on stderr, GitHub Actions
 #     annotations and step summaries.  Writing never stops a run: a closed,
 #     full or broken stdout is noted (Console.lost) and told at the end.
@@ -3790,7 +4049,7 @@ def show_check(console: Console, migrations_dir: str, database: Optional[str], c
 
 
 # ==========================================================================
-# 14. Command line: the parser, one function per command, main().  Each
+# 15. Command line: the parser, one function per command, main().  Each
 #     command gets the resolved Options and a Console, calls the engine, and
 #     returns an exit code; main() turns MigrationError into one line.
 # ==========================================================================
@@ -3864,7 +4123,8 @@ def cmd_apply(options: Options, console: Console) -> int:
             report = migrator.apply(
                 options.target, allow_out_of_order=options.allow_out_of_order,
                 single_transaction=options.single_transaction, dry_run=options.dry_run,
-                backup=options.backup, bookmark=options.bookmark)
+                backup=options.backup, bookmark=options.bookmark,
+                allow_row_loss=options.allow_row_loss)
         except MigrationError as exc:
             if exc.report is not None:
                 show_apply(console, exc.report)
@@ -3876,7 +4136,8 @@ def cmd_apply(options: Options, console: Console) -> int:
 def cmd_rollback(options: Options, console: Console) -> int:
     with _migrator(options, console) as migrator, _stop_on_signals(migrator):
         report = migrator.rollback(options.version, force=options.force,
-                                   bookmark=options.bookmark)
+                                   bookmark=options.bookmark,
+                                   allow_row_loss=options.allow_row_loss)
     show_rollback(console, report, options.migrations_dir)
     return EXIT_OK
 
@@ -4068,6 +4329,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--backup", metavar="PATH", nargs="?", const=True,
                        help="copy the database first (default: beside it, with a UTC"
                             " timestamp in the name)")
+    apply.add_argument("--allow-row-loss", action="store_true",
+                       help="let a migration's foreign-key ON DELETE actions take rows from"
+                            " tables it does not name (refused by default)")
     apply.add_argument("--no-bookmark", action="store_true",
                        help="with --d1-remote: do not take a Time Travel bookmark first")
     apply.add_argument("--foreign-keys", action="store_true",
@@ -4083,6 +4347,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="0001, 0001_initial_schema or 0001_initial_schema.sql")
     rollback.add_argument("--force", action="store_true",
                           help="roll back even though later migrations are applied")
+    rollback.add_argument("--allow-row-loss", action="store_true",
+                          help="let the down script's foreign-key ON DELETE actions take rows"
+                               " from tables it does not name (refused by default)")
     rollback.add_argument("--no-bookmark", action="store_true",
                           help="with --d1-remote: do not take a Time Travel bookmark first")
     rollback.add_argument("--foreign-keys", action="store_true",

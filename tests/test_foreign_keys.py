@@ -165,7 +165,20 @@ REBUILD_DROP = "PRAGMA foreign_keys = OFF;\nDROP TABLE parent;\n"
 def test_drop_cascades_as_on_d1_despite_foreign_keys_off(project, run_cli, write_migration):
     write_migration("0001_schema.sql", schema("CASCADE"))
     write_migration("0002_drop_parent.sql", REBUILD_DROP)
+    # As on D1 the drop would delete the children: the guard refuses it ...
     code, out, err = apply(run_cli, "--foreign-keys")
+    assert code == 1
+    assert err.splitlines() == [
+        "Error: Failed to apply migration 0002_drop_parent: it would take rows from a table"
+        " it does not name, through a foreign key's ON DELETE action (D1 always enforces"
+        " them): child (ON DELETE CASCADE from parent), 2 rows before and 0 after; it was"
+        " rolled back. Keep those rows in the migration (copy them aside and back, or rebuild"
+        " that table too), or pass --allow-row-loss if the loss is intended"
+        " (0002_drop_parent.sql)"]
+    assert "parent" in tables(project / DB)
+    assert children(project) == [(10, 1), (11, 2)]
+    # ... unless the loss is meant.
+    code, out, err = apply(run_cli, "--foreign-keys", "--allow-row-loss")
     assert code == 0, err
     assert "parent" not in tables(project / DB)
     assert children(project) == []  # deleted by the cascade, as D1 does
@@ -212,7 +225,7 @@ def test_leading_pragma_takes_effect_and_is_undone_after(project, run_cli, write
                     "DELETE FROM parent WHERE id = 1;\n")
     # ...and the next migration sees SQLite's default again (off: no cascade).
     write_migration("0003_after.sql", RECORD_SETTING)
-    code, out, err = apply(run_cli)
+    code, out, err = apply(run_cli, "--allow-row-loss")  # the cascade is meant
     assert code == 0, err
     assert query(project / DB, "SELECT foreign_keys FROM fk_setting") == [(0,)]
     assert children(project) == [(11, 2)]
@@ -237,7 +250,7 @@ def test_rebuild_keeps_children_and_restores_the_setting(project, run_cli, write
     write_migration("0001_schema.sql", schema("CASCADE"))
     write_migration("0002_rebuild_parent.sql", REBUILD)
     write_migration("0003_after.sql", RECORD_SETTING)
-    code, out, err = apply(run_cli)
+    code, out, err = apply(run_cli, "--allow-row-loss")  # 0003's cascade is meant
     assert code == 0, err
     db = project / DB
     assert applied_names(db) == ["0001_schema", "0002_rebuild_parent", "0003_after"]
@@ -286,7 +299,16 @@ def test_with_the_option_a_file_cannot_switch_enforcement_off(project, run_cli,
     write_migration("0002_rebuild_parent.sql", REBUILD)
     write_migration("0003_after.sql", "CREATE TABLE fk_setting AS"
                     " SELECT foreign_keys FROM pragma_foreign_keys;\n")
+    # The loss of rows that D1 would cause is refused, with the counts ...
     code, out, err = apply(run_cli, "--foreign-keys")
+    assert code == 1
+    assert ("Failed to apply migration 0002_rebuild_parent: it would take rows from a table"
+            " it does not name, through a foreign key's ON DELETE action (D1 always enforces"
+            " them): child (ON DELETE CASCADE from parent), 2 rows before and 0 after;"
+            " it was rolled back.") in err
+    assert children(project) == [(10, 1), (11, 2)]
+    # ... and done when meant.
+    code, out, err = apply(run_cli, "--foreign-keys", "--allow-row-loss")
     assert code == 0, err
     assert children(project) == []
     assert query(project / DB, "SELECT foreign_keys FROM fk_setting") == [(1,)]
@@ -356,6 +378,9 @@ def test_a_down_scripts_leading_pragma_takes_effect(project, run_cli, write_migr
                     "DELETE FROM parent WHERE id = 3;\n", folder="migrations/down")
     assert apply(run_cli)[0] == 0
     code, out, err = run_cli(["rollback", "--db-path", DB])
+    assert code == 1  # the guard: child 30 would go with its parent
+    assert "Failed to roll back migration 0002_third: it would take rows" in err
+    code, out, err = run_cli(["rollback", "--db-path", DB, "--allow-row-loss"])
     assert code == 0, err
     assert "(2 statements)" in out
     assert children(project) == [(10, 1), (11, 2)]
@@ -426,7 +451,8 @@ def test_foreign_keys_option_does_what_d1_does(wrangler_bin, tmp_path, run_cli):
     assert on_d1 == {"books": [], "teams": [(1,), (2,)], "members": [(100, 1), (101, 2)]}
 
     code, out, err = run_cli(["apply", "--foreign-keys", "--db-path", str(tmp_path / "t.db"),
-                              "--migrations-dir", str(root / "migrations")])
+                              "--migrations-dir", str(root / "migrations"),
+                              "--allow-row-loss"])
     assert code == 1
     assert "Failed to apply migration 0004_orphan" in err
     assert "members rowid 102 -> teams" in err

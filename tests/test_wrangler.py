@@ -735,10 +735,11 @@ def test_foreign_keys_are_enforced_on_wranglers_file_by_default(wrangler_project
                                                                   write_migration, extra,
                                                                   children):
     # D1 always enforces them: on its local stand-in a DELETE of a parent
-    # cascades, unless the user says otherwise.
+    # cascades (here meant: --allow-row-loss), unless the user says otherwise.
     write_migration("0001_schema.sql", CASCADE_SCHEMA)
     write_migration("0002_delete.sql", "DELETE FROM parent WHERE id = 1;\n")
-    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml", *extra])
+    code, out, err = run_cli(["apply", "--wrangler-config", "wrangler.toml",
+                              "--allow-row-loss", *extra])
     assert code == 0, err
     assert query(local_database(wrangler_project), "SELECT id FROM child ORDER BY id") \
         == children
