@@ -927,3 +927,32 @@ def test_drizzle_rebuild_with_foreign_keys_off_applies_with_a_warning(write_migr
         and "[foreign-keys-off]" in warnings[0], err
     assert [name for _, name in d1.tracking()] == ["0001_items", "0002_rebuild"]
     assert d1.rows("SELECT id, name, note FROM items") == [(1, "one", None)]
+
+
+def test_seeded_rebuild_that_would_cascade_is_refused_by_d1_itself(write_migration,
+                                                                   remote_inproc, d1: D1Api):
+    # On D1's own engine: the drizzle rebuild of a parent whose children
+    # cascade would delete them; the guard fails the batch, D1 keeps it all.
+    write_migration("0001_schema.sql",
+                    "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL);\n"
+                    "CREATE TABLE sessions (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL"
+                    " REFERENCES users (id) ON DELETE CASCADE);\n"
+                    "INSERT INTO users VALUES (1, 'a@example.com');\n"
+                    "INSERT INTO sessions VALUES (10, 1), (11, 1);\n")
+    assert remote_inproc("apply")[0] == 0
+    before = d1.dump()
+    write_migration("0002_rebuild.sql",
+                    "PRAGMA foreign_keys=OFF;--> statement-breakpoint\n"
+                    "CREATE TABLE `__new_users` (`id` integer PRIMARY KEY NOT NULL,"
+                    " `email` text NOT NULL, `note` text);\n--> statement-breakpoint\n"
+                    "INSERT INTO `__new_users`(\"id\", \"email\") SELECT \"id\", \"email\""
+                    " FROM `users`;--> statement-breakpoint\n"
+                    "DROP TABLE `users`;--> statement-breakpoint\n"
+                    "ALTER TABLE `__new_users` RENAME TO `users`;--> statement-breakpoint\n"
+                    "PRAGMA foreign_keys=ON;\n")
+    code, out, err = remote_inproc("apply")
+    assert code == 1
+    assert ("it would take rows from a table it does not name, through a foreign key's ON"
+            " DELETE action (D1 always enforces them): sessions (ON DELETE CASCADE from users),"
+            " 2 rows before; it was rolled back.") in err, err
+    assert d1.dump() == before
