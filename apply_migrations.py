@@ -3159,6 +3159,83 @@ def no_guard(query: Callable[[str, tuple], List[tuple]]) -> Guard:
     return NO_GUARD
 
 
+_DEFER_ON = re.compile(
+    rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?defer_foreign_keys[\"`\]]?\s*"
+    r"(?:=\s*|\(\s*)(['\"]?)(?:1|on|true|yes)\1\s*\)?\s*;?\s*\Z")
+
+
+def drop_findings(migrations: Sequence[Migration]) -> List[Finding]:
+    """For `check`: each DROP TABLE of a table that other tables reference,
+    as D1 would run it, with what D1 does to their rows.  The schema at each
+    drop is the one the earlier statements make, replayed into an empty
+    in-memory database (no rows needed).  Quiet where the migration keeps
+    those rows itself (it names the referencing table) or where every
+    reference left is a plain one and PRAGMA defer_foreign_keys = ON comes
+    before the drop.  When a statement cannot be replayed, the drops after
+    it are not judged, and one warning says so (if there are any)."""
+    findings: List[Finding] = []
+    broken: Optional[Finding] = None  # the statement the replay stopped at
+    replay = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for migration in migrations:
+            try:
+                statements = [s for _, s in prepare_statements(migration)]
+            except (MigrationFailed, MigrationFileError):
+                return findings  # reported as the file's own finding; no schema after it
+            names = changes_of(statements).names
+            deferred = False
+            for statement in statements:
+                drops = changes_of([statement]).drops
+                if broken is not None:
+                    if drops:
+                        findings.append(broken)
+                        return findings
+                    continue
+                deferred = deferred or bool(_DEFER_ON.match(_without_comments(statement.sql)))
+                for dropped in drops:
+                    refs = [r for r in references_to(
+                                lambda q, p: replay.execute(q, p).fetchall(),
+                                frozenset((dropped,)))
+                            if r.child.lower() not in names and r.child.lower() != dropped
+                            and not (deferred and r.action not in _GUARDED_ACTIONS)]
+                    if refs:
+                        findings.append(Finding("error", migration.path, statement.line,
+                                                "drop-referenced-table",
+                                                _drop_message(dropped, refs)))
+                try:
+                    for _ in replay.execute(statement.sql):
+                        pass
+                except sqlite3.Error as exc:
+                    broken = Finding(
+                        "warning", migration.path, statement.line, "replay-failed",
+                        f"this statement cannot be replayed on an empty database ({exc}), so"
+                        " the drops of tables after it are not checked for rows that D1 would"
+                        " take from the tables that reference them")
+    finally:
+        replay.close()
+    return findings
+
+
+def _drop_message(table: str, refs: List[Reference]) -> str:
+    effects = []
+    for r in refs:
+        if r.action == "CASCADE":
+            effects.append(f"deletes every row of {r.child} (ON DELETE CASCADE)")
+        elif r.action in ("SET NULL", "SET DEFAULT"):
+            effects.append(f"sets {r.child}.{r.column} to"
+                           f" {'NULL' if r.action == 'SET NULL' else 'its default'}"
+                           f" (ON DELETE {r.action})")
+        else:
+            effects.append(f"fails when {r.child} has rows (a plain reference)")
+    plain_only = all(r.action not in _GUARDED_ACTIONS for r in refs)
+    advice = ("put PRAGMA defer_foreign_keys = ON before the drop: the check then waits for"
+              " the commit, when the rebuilt table is back" if plain_only else
+              "PRAGMA defer_foreign_keys = ON does not stop ON DELETE actions; keep those rows"
+              " in the migration (copy them aside and back) or rebuild those tables too")
+    return (f"DROP TABLE {table}: other tables reference it, and on D1, which always enforces"
+            f" foreign keys, the drop {', '.join(effects)}; {advice}")
+
+
 # ==========================================================================
 # 13. The engine: runs migrations and rollbacks through a Target, written
 #     once for every target.  A _Run reports each outcome at one point
@@ -4145,6 +4222,7 @@ def cmd_rollback(options: Options, console: Console) -> int:
 def cmd_check(options: Options, console: Console) -> int:
     migrations, findings = check_folder(options.migrations_dir,
                                         options.wrangler_table is not None)
+    findings += drop_findings(migrations)
     database = None
     if options.check_database:
         with _migrator(options, console) as migrator:

@@ -188,3 +188,60 @@ def test_a_rebuild_that_keeps_the_rows_applies_on_d1(fake, run_cli, write_migrat
     assert code == 0, err
     assert fake.rows("SELECT id, user_id FROM sessions ORDER BY id") == [(10, 1), (20, 2)]
     assert fake.rows("SELECT id, user_id FROM accounts ORDER BY id") == [(100, 1), (200, 2)]
+
+
+# --------------------------------------------------------------------------
+# check: the same danger found before deploy, with file and line
+
+def drop_findings(run_cli):
+    code, out, err = run_cli(["check", "--json"])
+    findings = [f for f in json.loads(out)["findings"]
+                if f["code"] in ("drop-referenced-table", "replay-failed")]
+    return code, findings
+
+
+def test_check_finds_a_drop_of_a_referenced_table(run_cli, write_migration):
+    write_migration("0001_schema.sql", SCHEMA + "CREATE TABLE posts (id INTEGER PRIMARY KEY,"
+                    " user_id INTEGER REFERENCES users (id));\n")
+    write_migration("0002_rebuild_users.sql", REBUILD)
+    code, findings = drop_findings(run_cli)
+    assert code == 1
+    assert [(f["severity"], f["path"], f["line"]) for f in findings] == [
+        ("error", "migrations/0002_rebuild_users.sql", 5)]
+    message = findings[0]["message"]
+    assert message.startswith("DROP TABLE users: other tables reference it, and on D1, which"
+                              " always enforces foreign keys, the drop ")
+    assert "deletes every row of sessions (ON DELETE CASCADE)" in message
+    assert "sets accounts.user_id to NULL (ON DELETE SET NULL)" in message
+    assert "fails when posts has rows (a plain reference)" in message
+    assert "PRAGMA defer_foreign_keys = ON does not stop ON DELETE actions" in message
+
+
+def test_check_is_quiet_on_a_rebuild_that_keeps_the_rows(run_cli, write_migration):
+    write_migration("0001_schema.sql", SCHEMA)
+    write_migration("0002_rebuild_users.sql", SAFE_REBUILD)
+    code, findings = drop_findings(run_cli)
+    assert (code, findings) == (0, [])
+
+
+@pytest.mark.parametrize("defer,found", [(False, True), (True, False)],
+                         ids=["plain-without-defer", "plain-with-defer"])
+def test_check_plain_references_and_defer(run_cli, write_migration, defer, found):
+    write_migration("0001_schema.sql", SCHEMA.replace(" ON DELETE CASCADE", "").replace(
+        " ON DELETE SET NULL", ""))
+    write_migration("0002_rebuild_users.sql",
+                    ("PRAGMA defer_foreign_keys = ON;\n" if defer else "") + REBUILD)
+    code, findings = drop_findings(run_cli)
+    assert bool(findings) == found
+    if found:
+        assert "put PRAGMA defer_foreign_keys = ON before the drop" in findings[0]["message"]
+
+
+def test_check_says_when_the_schema_cannot_be_replayed(run_cli, write_migration):
+    write_migration("0001_schema.sql", SCHEMA)
+    write_migration("0002_newer_sqlite.sql", "SELECT no_such_function();\n")
+    write_migration("0003_rebuild_users.sql", REBUILD)
+    code, findings = drop_findings(run_cli)
+    assert [(f["severity"], f["path"], f["line"], f["code"]) for f in findings] == [
+        ("warning", "migrations/0002_newer_sqlite.sql", 1, "replay-failed")]
+    assert "no such function: no_such_function" in findings[0]["message"]
