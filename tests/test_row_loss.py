@@ -245,3 +245,23 @@ def test_check_says_when_the_schema_cannot_be_replayed(run_cli, write_migration)
     assert [(f["severity"], f["path"], f["line"], f["code"]) for f in findings] == [
         ("warning", "migrations/0002_newer_sqlite.sql", 1, "replay-failed")]
     assert "no such function: no_such_function" in findings[0]["message"]
+
+
+def test_the_manuals_rebuild_that_keeps_the_rows_passes_the_guard(project, run_cli,
+                                                                  write_migration):
+    from pathlib import Path
+    import re
+    manual = (Path(__file__).resolve().parent.parent / "MIGRATION_SYSTEM.md").read_text(
+        encoding="utf-8")
+    section = manual.split("### No silent loss of rows", 1)[1].split("\n### ", 1)[0]
+    example = re.search(r"```sql\n(.*?)```", section, re.DOTALL).group(1)
+    schema = "\n".join(line for line in SCHEMA.splitlines() if "accounts" not in line
+                       and "ON DELETE SET NULL" not in line) + "\n"
+    write_migration("0001_schema.sql", schema)
+    write_migration("0002_rebuild_users.sql", example)
+    code, out, err = run_cli(["apply", "--db-path", "x.db", "--foreign-keys"])
+    assert code == 0, err
+    with closing(sqlite3.connect(str(project / "x.db"))) as conn:
+        assert conn.execute("SELECT id, user_id FROM sessions ORDER BY id").fetchall() == [
+            (10, 1), (20, 2)]
+        assert [r[1] for r in conn.execute("PRAGMA table_info(users)")] == ["id", "email", "name"]
