@@ -42,22 +42,26 @@ above it.
  12. Planning ............. plan_migrations, prepare_statements, choose_rollback;
                             what a migration drops, who references it, and the
                             guard that keeps it from losing their rows
- 13. The engine ........... Migrator (the public entry); _Run (the migration loop,
+ 13. Schemas .............. Schema, read_schema, replay_schema: what a database holds
+                            and what the migrations make; render_schema (SQL, JSON,
+                            markdown, Mermaid)
+ 14. The engine ........... Migrator (the public entry); _Run (the migration loop,
                             and _Run.report, the one point where outcomes are told)
- 14. Output ............... Console (streams, JSON, GitHub annotations, step
+ 15. Output ............... Console (streams, JSON, GitHub annotations, step
                             summaries) and show_* (what each command shows)
- 15. Command line ......... the parser, one function per command, main()
+ 16. Command line ......... the parser, one function per command, main()
 
 Where a change goes:
   - a per-file option (say, a marker line that opts a file out of the
     transaction): read it in prepare_statements (12) into the Step (10), and
     honour it where each target runs a Step (SQLiteTarget.run, D1Target.run);
-  - a new command such as `baseline`: a Migrator method (13) that writes
-    Bookkeeping entries (9), and a cmd_ function and parser entry (15);
+  - a new command such as `baseline`: a Migrator method (14) that writes
+    Bookkeeping entries (9), and a cmd_ function and parser entry (16);
   - a history table: its SQL in Bookkeeping (9), written with each Step's
-    bookkeeping, and from _Run.report (13), which sees every outcome;
+    bookkeeping, and from _Run.report (14), which sees every outcome;
   - a new D1 rule: one function and one D1_RULES entry (5);
-  - a new output format: a Console method or a show_ function (14).
+  - a new output format: a Console method or a show_ function (15), or for
+    a schema, render_schema (13).
 
 The public API is __all__; every other name is an implementation detail.
 
@@ -1383,6 +1387,10 @@ class Options:
     backup: Union[None, bool, str] = None  # True: beside the database
     bookmark: bool = True  # remote D1: take a Time Travel bookmark before changing it
     allow_row_loss: bool = False  # let ON DELETE actions take rows of tables not named
+    from_migrations: bool = False  # schema: replay the migrations instead of reading
+    schema_format: str = "sql"
+    output: Optional[str] = None  # schema: the file to write
+    schema_file: Optional[str] = None  # apply, rollback: keep it; check: compare with it
     version: Optional[str] = None
     force: bool = False
     exit_code: bool = False
@@ -1425,13 +1433,15 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     wrangler config.  An empty value is an error, never a default."""
     get = values.get
     for name in ("db_path", "migrations_dir", "wrangler_config", "database", "persist_to",
-                 "wrangler_env", "wrangler_table", "api_base", "target", "version", "backup"):
+                 "wrangler_env", "wrangler_table", "api_base", "target", "version", "backup",
+                 "output", "schema_file"):
         value = get(name)
         if isinstance(value, str) and not value.strip():
             raise ConfigurationError(
                 f"{_opt(name)} is empty; give a value, or leave the option out for its default")
     # The values that pass as they are; the rest is worked out below.
     plain = ("command", "wrangler_config", "target", "allow_out_of_order", "allow_row_loss",
+             "from_migrations", "schema_format", "output", "schema_file",
              "single_transaction", "dry_run", "backup", "version", "force", "exit_code",
              "description", "json", "quiet", "verbose")
     options = Options(**{name: get(name) for name in plain if get(name) is not None})
@@ -1517,7 +1527,7 @@ def _d1_settings(values: Mapping[str, object], environ: Mapping[str, str],
 
 
 # ==========================================================================
-# 8. Outcomes: what happened to each migration, as data.  _Run.report (13) is
+# 8. Outcomes: what happened to each migration, as data.  _Run.report (14) is
 #    the one place an Outcome is made known; the output, and anything that
 #    wants to know (a history table, metrics), reads it from there.
 # ==========================================================================
@@ -3237,7 +3247,263 @@ def _drop_message(table: str, refs: List[Reference]) -> str:
 
 
 # ==========================================================================
-# 13. The engine: runs migrations and rollbacks through a Target, written
+# 13. Schemas: what the migrations make.  A schema is read from a database,
+#     or replayed from the migration files into an empty in-memory database
+#     (which SQLite makes nearly free), then compared, fingerprinted, and
+#     written as SQL, JSON, markdown or a Mermaid diagram.
+# ==========================================================================
+
+SQL_SCHEMA_OBJECTS = (
+    "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL"
+    " AND name NOT LIKE 'sqlite!_%' ESCAPE '!' AND name NOT LIKE '!_cf!_%' ESCAPE '!'")
+SQL_SCHEMA_COLUMNS = (
+    'SELECT m.name, c.name, c.type, c."notnull", c.dflt_value, c.pk'
+    " FROM sqlite_master AS m JOIN pragma_table_info(m.name) AS c"
+    " WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+    " AND m.name NOT LIKE '!_cf!_%' ESCAPE '!' ORDER BY m.name, c.cid")
+# The order objects are written in: tables, each followed by its indexes and
+# triggers, then views, each followed by its triggers.
+_KIND_ORDER = {"table": 0, "index": 1, "trigger": 2, "view": 0}
+
+
+class SchemaObject(namedtuple("SchemaObject", "type name table sql")):
+    """One object of a schema, as sqlite_master holds it.
+
+    type (str): "table", "index", "view" or "trigger"
+    name, table (str): its name, and the table (or view) it belongs to
+    sql (str): its CREATE statement, as written
+    """
+
+    __slots__ = ()
+
+    @property
+    def key(self) -> "tuple[str, str]":
+        return (self.type, self.name.lower())
+
+
+class Column(namedtuple("Column", "name type notnull default pk")):
+    """A column of a table: name, declared type (str, "" for none),
+    notnull (bool), default (its SQL text or None), pk (its place in the
+    primary key, 0 when not in it)."""
+
+    __slots__ = ()
+
+
+class Schema:
+    """The objects of a database (bookkeeping tables, SQLite's and D1's own
+    left out), in a stable order, with each table's columns and foreign keys."""
+
+    def __init__(self, objects: List[SchemaObject], columns: Dict[str, List[Column]],
+                 references: List[Reference]):
+        parents = {o.name.lower(): o for o in objects if o.type in ("table", "view")}
+
+        def order(o: SchemaObject) -> tuple:
+            owner = parents.get(o.table.lower(), o)
+            return (owner.type == "view", owner.name.lower(), _KIND_ORDER[o.type], o.name.lower())
+
+        self.objects = sorted(objects, key=order)
+        self.columns = columns  # by lower-cased table name
+        self.references = references
+
+    def tables(self) -> List[SchemaObject]:
+        return [o for o in self.objects if o.type == "table"]
+
+    def normalized(self) -> Dict["tuple[str, str]", str]:
+        """Each object's definition with what SQLite keeps of comments and
+        spacing taken out: what a comparison compares."""
+        return {o.key: normalized_sql(o.sql) for o in self.objects}
+
+    def fingerprint(self) -> str:
+        text = "\n".join(f"{kind}\t{name}\t{sql}"
+                         for (kind, name), sql in sorted(self.normalized().items()))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def differences(self, expected: "Schema") -> List["tuple[str, SchemaObject]"]:
+        """How this schema differs from `expected`: ("missing", object of
+        expected), ("not created by any migration", object of this one),
+        ("changed", object of this one)."""
+        mine, theirs = self.normalized(), expected.normalized()
+        found = []
+        for o in expected.objects:
+            if o.key not in mine:
+                found.append(("missing", o))
+        for o in self.objects:
+            if o.key not in theirs:
+                found.append(("not created by any migration", o))
+            elif theirs[o.key] != mine[o.key]:
+                found.append(("changed", o))
+        return found
+
+
+def normalized_sql(sql: str) -> str:
+    text = re.sub(r"\s+", " ", _without_comments(sql)).strip()
+    return re.sub(r" ?([(),]) ?", r"\1", text)
+
+
+def read_schema(query: Callable[[str, tuple], List[tuple]],
+                ignore: Sequence[str] = ()) -> Schema:
+    """The schema `query` reads, without the tables named in `ignore` (and
+    their indexes and triggers): three queries, whatever its size."""
+    ignored = {name.lower() for name in ignore} | {GUARD_TABLE.lower()}
+    objects = [SchemaObject(str(t), str(n), str(tbl), str(sql))
+               for t, n, tbl, sql in query(SQL_SCHEMA_OBJECTS, ())
+               if str(n).lower() not in ignored and str(tbl).lower() not in ignored
+               and t in _KIND_ORDER]
+    columns: Dict[str, List[Column]] = {}
+    for table, name, kind, notnull, default, pk in query(SQL_SCHEMA_COLUMNS, ()):
+        if str(table).lower() not in ignored:
+            columns.setdefault(str(table).lower(), []).append(
+                Column(str(name), str(kind or ""), bool(notnull), default, int(pk or 0)))
+    references = [Reference(str(c), str(col), str(p), str(a or "NO ACTION"))
+                  for c, col, p, a in query(SQL_REFERENCES, ())
+                  if str(c).lower() not in ignored]
+    return Schema(objects, columns, references)
+
+
+class _Replay:
+    """An empty in-memory database that migrations are replayed into, with
+    the same splitting and rules as a real run, to learn the schema they
+    make.  A statement that cannot run there (a function that D1's newer
+    SQLite has, data that only a real database holds) stops it: say which,
+    and guess nothing."""
+
+    def __init__(self) -> None:
+        self.conn = sqlite3.connect(":memory:", isolation_level=None)
+
+    def query(self, sql: str, params: tuple = ()) -> List[tuple]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def run(self, migration: Migration, action: str = "apply") -> None:
+        for number, statement in prepare_statements(migration, action):
+            try:
+                for _ in self.conn.execute(statement.sql):
+                    pass
+            except (sqlite3.Error, ValueError) as exc:
+                raise MigrationFailed(
+                    migration.name, migration.path,
+                    f"cannot be replayed on an empty database to learn the schema ({exc});"
+                    " nothing is said of the schema it makes", number, statement.line,
+                    statement.sql, action=action) from None
+
+    def schema(self) -> Schema:
+        return read_schema(self.query)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def replay_schema(migrations: Sequence[Migration]) -> Schema:
+    """The schema the migrations make, in their order, from nothing."""
+    replay = _Replay()
+    try:
+        for migration in migrations:
+            replay.run(migration)
+        return replay.schema()
+    finally:
+        replay.close()
+
+
+# -- writing a schema ----------------------------------------------------------
+
+SCHEMA_FORMATS = ("sql", "json", "markdown", "mermaid")
+SCHEMA_HEADER = "-- The schema the migrations make (apply_migrations.py schema). Do not edit.\n"
+
+
+def render_schema(schema: Schema, form: str = "sql") -> str:
+    """The schema as text: "sql" (every CREATE statement, in order), "json",
+    "markdown" (a table per table, for people) or "mermaid" (an erDiagram,
+    which GitHub draws)."""
+    return {"sql": _schema_sql, "json": _schema_json, "markdown": _schema_markdown,
+            "mermaid": _schema_mermaid}[form](schema)
+
+
+def _schema_sql(schema: Schema) -> str:
+    parts = [SCHEMA_HEADER]
+    for o in schema.objects:
+        if o.type in ("table", "view") and len(parts) > 1:
+            parts.append("\n")
+        parts.append(o.sql.rstrip().rstrip(";") + ";\n")
+    return "".join(parts)
+
+
+def _schema_json(schema: Schema) -> str:
+    import json
+    tables = {}
+    for table in schema.tables():
+        tables[table.name] = {
+            "columns": [c._asdict() for c in schema.columns.get(table.name.lower(), [])],
+            "foreign_keys": [{"column": r.column, "references": r.parent,
+                              "on_delete": r.action}
+                             for r in schema.references if r.child.lower() == table.name.lower()],
+            "indexes": [o.name for o in schema.objects
+                        if o.type == "index" and o.table.lower() == table.name.lower()],
+        }
+    return json.dumps({"objects": [o._asdict() for o in schema.objects], "tables": tables},
+                      indent=2, ensure_ascii=False) + "\n"
+
+
+def _schema_markdown(schema: Schema) -> str:
+    lines = ["# Schema", ""]
+    for table in schema.tables():
+        name = table.name.lower()
+        refs = {r.column: r for r in schema.references if r.child.lower() == name}
+        lines += [f"## {_markdown_text(table.name)}", "",
+                  "| Column | Type | Not null | Default | Primary key | References |",
+                  "|---|---|---|---|---|---|"]
+        for c in schema.columns.get(name, []):
+            ref = refs.get(c.name)
+            lines.append("| " + " | ".join(_markdown_text(str(v)) for v in (
+                c.name, c.type, "yes" if c.notnull else "", "" if c.default is None else c.default,
+                str(c.pk) if c.pk else "",
+                f"{ref.parent} (ON DELETE {ref.action})" if ref else "")) + " |")
+        indexes = [o for o in schema.objects if o.type == "index" and o.table.lower() == name]
+        if indexes:
+            lines += ["", "Indexes: " + ", ".join(_markdown_text(o.name) for o in indexes)]
+        lines.append("")
+    views = [o for o in schema.objects if o.type == "view"]
+    if views:
+        lines += ["## Views", ""] + [f"- {_markdown_text(o.name)}" for o in views] + [""]
+    return "\n".join(lines)
+
+
+def _markdown_text(text: str) -> str:
+    return " ".join(text.replace("\\", "\\\\").replace("|", "\\|").split())
+
+
+def _schema_mermaid(schema: Schema) -> str:
+    names: Dict[str, str] = {}
+    for table in schema.tables():
+        base = _mermaid_word(table.name, "table")
+        name, serial = base, 1
+        while name in names.values():
+            serial += 1
+            name = f"{base}_{serial}"
+        names[table.name.lower()] = name
+    lines = ["erDiagram"]
+    for table in schema.tables():
+        lines.append(f"    {names[table.name.lower()]} {{")
+        keyed = {r.column for r in schema.references if r.child.lower() == table.name.lower()}
+        for c in schema.columns.get(table.name.lower(), []):
+            keys = ", ".join(k for k, on in (("PK", c.pk), ("FK", c.name in keyed)) if on)
+            lines.append(f"        {_mermaid_word(c.type, 'ANY')} {_mermaid_word(c.name, 'col')}"
+                         + (f" {keys}" if keys else ""))
+        lines.append("    }")
+    for r in schema.references:
+        child, parent = names.get(r.child.lower()), names.get(r.parent.lower())
+        if child and parent:
+            label = re.sub(r'["\n\r]', "", r.column) or "fk"
+            lines.append(f'    {child} }}o--|| {parent} : "{label}"')
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_word(text: str, fallback: str) -> str:
+    """A word Mermaid's erDiagram takes as a name or type."""
+    word = re.sub(r"[^A-Za-z0-9_]", "_", text).strip("_") or fallback
+    return word if word[0].isalpha() else f"{fallback}_{word}"
+
+
+# ==========================================================================
+# 14. The engine: runs migrations and rollbacks through a Target, written
 #     once for every target.  A _Run reports each outcome at one point
 #     (_Run.report).
 # ==========================================================================
@@ -3385,6 +3651,23 @@ class Migrator:
             return result[:len(migrations)] + sorted(result[len(migrations):], key=order)
         result.sort(key=order)
         return result
+
+    def schema(self, from_migrations: bool = False) -> Schema:
+        """The database's schema, or (from_migrations) the schema that all the
+        migrations of the folder make, replayed in memory: no database needed."""
+        if from_migrations:
+            return replay_schema(self.migrations())
+        if not self.target.open("read"):
+            raise MigrationError(
+                f"Database {self.target.name} does not exist, so it has no schema; pass"
+                f" {_opt('from_migrations')} for the schema the migrations make, which needs"
+                " no database")
+        return read_schema(self.target.query, self.bookkeeping_tables())
+
+    def bookkeeping_tables(self) -> List[str]:
+        """The tables that are the record, not the schema."""
+        return [TRACKING_TABLE, WRANGLER_TABLE] + (
+            [self.book.wrangler_table] if self.book.wrangler_table else [])
 
     def plan(self, applied: Dict[int, AppliedRow], target: Optional[str] = None,
              allow_out_of_order: bool = False, done: str = "nothing was applied"
@@ -3726,7 +4009,7 @@ def _plural(count: int, word: str) -> str:
 
 
 # ==========================================================================
-# 14. Output: what the command line shows, rendered from outcomes and
+# 15. Output: what the command line shows, rendered from outcomes and
 #     reports: text or JSON on stdout, errors on stderr, GitHub Actions
 #     annotations and step summaries.  Writing never stops a run: a closed,
 #     full or broken stdout is noted (Console.lost) and told at the end.
@@ -4126,7 +4409,7 @@ def show_check(console: Console, migrations_dir: str, database: Optional[str], c
 
 
 # ==========================================================================
-# 15. Command line: the parser, one function per command, main().  Each
+# 16. Command line: the parser, one function per command, main().  Each
 #     command gets the resolved Options and a Console, calls the engine, and
 #     returns an exit code; main() turns MigrationError into one line.
 # ==========================================================================
@@ -4206,6 +4489,7 @@ def cmd_apply(options: Options, console: Console) -> int:
             if exc.report is not None:
                 show_apply(console, exc.report)
             raise
+        _keep_schema_file(options, migrator, console)
     show_apply(console, report)
     return EXIT_OK
 
@@ -4215,7 +4499,45 @@ def cmd_rollback(options: Options, console: Console) -> int:
         report = migrator.rollback(options.version, force=options.force,
                                    bookmark=options.bookmark,
                                    allow_row_loss=options.allow_row_loss)
+        _keep_schema_file(options, migrator, console)
     show_rollback(console, report, options.migrations_dir)
+    return EXIT_OK
+
+
+def _write_file(path: str, text: str, what: str) -> None:
+    """Write a file whole or not at all (a temporary file renamed over it)."""
+    folder = os.path.dirname(path) or "."
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except OSError as exc:
+        try:
+            os.remove(temporary)
+        except OSError:
+            pass
+        raise MigrationError(f"Cannot write {what} {path}: {exc.strerror}") from None
+
+
+def _keep_schema_file(options: Options, migrator: Migrator, console: Console) -> None:
+    """apply and rollback --schema-file: the database's schema after them."""
+    if options.schema_file and not options.dry_run:
+        _write_file(options.schema_file, render_schema(migrator.schema()), "the schema file")
+        console.say(f"Wrote the schema of {migrator.database} to {options.schema_file}")
+
+
+def cmd_schema(options: Options, console: Console) -> int:
+    with _migrator(options, console) as migrator:
+        schema = migrator.schema(options.from_migrations)
+        source = "the migrations" if options.from_migrations else migrator.database
+    text = render_schema(schema, "json" if options.json else options.schema_format)
+    if options.output:
+        _write_file(options.output, text, "the schema file")
+        if not options.json:
+            console.say(f"Wrote the schema of {source} to {options.output}")
+    else:
+        console._write(text)
     return EXIT_OK
 
 
@@ -4223,6 +4545,8 @@ def cmd_check(options: Options, console: Console) -> int:
     migrations, findings = check_folder(options.migrations_dir,
                                         options.wrangler_table is not None)
     findings += drop_findings(migrations)
+    if options.schema_file:
+        findings += _schema_file_findings(options.schema_file, migrations)
     database = None
     if options.check_database:
         with _migrator(options, console) as migrator:
@@ -4236,6 +4560,33 @@ def cmd_check(options: Options, console: Console) -> int:
     findings.sort(key=lambda f: (f.path, f.line or 0))
     errors = show_check(console, options.migrations_dir, database, len(migrations), findings)
     return EXIT_FAILED if errors else EXIT_OK
+
+
+def _schema_file_findings(path: str, migrations: List[Migration]) -> List[Finding]:
+    """check --schema-file: the file must hold the schema the migrations make."""
+    again = (f"write it with: python apply_migrations.py schema --from-migrations"
+             f" --output {path}")
+    try:
+        expected = render_schema(replay_schema(migrations))
+    except MigrationFailed as exc:
+        return [Finding("error", path, None, "schema-file",
+                        f"the schema the migrations make cannot be learned: {exc}")]
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            written = handle.read()
+    except OSError as exc:
+        return [Finding("error", path, None, "schema-file",
+                        f"cannot read it ({exc.strerror}); {again}")]
+    if written.replace("\r\n", "\n") == expected:
+        return []
+    import difflib
+    changed = [line for line in difflib.unified_diff(
+        written.splitlines(), expected.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    shown = "; ".join(changed[:3]) + (f" (and {len(changed) - 3} more lines)"
+                                      if len(changed) > 3 else "")
+    return [Finding("error", path, None, "schema-file",
+                    f"it is not the schema the migrations make ({shown}); {again}")]
 
 
 def slugify(description: str) -> str:
@@ -4417,6 +4768,8 @@ def build_parser() -> argparse.ArgumentParser:
                             " (the default with --wrangler-config)")
     apply.add_argument("--no-foreign-keys", action="store_true",
                        help="with --wrangler-config: do not enforce them (D1 does)")
+    apply.add_argument("--schema-file", metavar="FILE",
+                       help="then write the database's schema to FILE (as `schema` does)")
     apply.set_defaults(handler=cmd_apply)
 
     rollback = commands.add_parser("rollback", parents=[common],
@@ -4435,6 +4788,8 @@ def build_parser() -> argparse.ArgumentParser:
                                " (the default with --wrangler-config)")
     rollback.add_argument("--no-foreign-keys", action="store_true",
                           help="with --wrangler-config: do not enforce them (D1 does)")
+    rollback.add_argument("--schema-file", metavar="FILE",
+                          help="then write the database's schema to FILE (as `schema` does)")
     rollback.set_defaults(handler=cmd_rollback)
 
     check = commands.add_parser(
@@ -4446,7 +4801,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="as --db-path, the database of this environment")
     check.add_argument("--lock-timeout", metavar="SECONDS", type=float,
                        default=DEFAULT_LOCK_TIMEOUT, help=argparse.SUPPRESS)
+    check.add_argument("--schema-file", metavar="FILE",
+                       help="also report when FILE is not the schema the migrations make")
     check.set_defaults(handler=cmd_check)
+
+    schema = commands.add_parser(
+        "schema", parents=[common],
+        help="print the schema of the database, or that the migrations make")
+    schema.add_argument("--from-migrations", action="store_true",
+                        help="replay the migration files in memory instead (no database)")
+    schema.add_argument("--format", dest="schema_format", choices=SCHEMA_FORMATS,
+                        default="sql", help="sql (default), json, markdown or mermaid")
+    schema.add_argument("--output", metavar="FILE", help="write it to FILE instead of stdout")
+    schema.set_defaults(handler=cmd_schema)
 
     new = commands.add_parser("new", parents=[output, folder],
                               help="create the next NNNN_description.sql")
