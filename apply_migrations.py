@@ -160,6 +160,19 @@ SQL_INSERT_APPLIED = (
 )
 SQL_DELETE_APPLIED = "DELETE FROM {table} WHERE version = ?"
 SQL_SET_DURATION = "UPDATE {table} SET duration_ms = ? WHERE version = ?"
+# What the tool knows of the schema it left: a fingerprint of the schema,
+# taken when the applied migrations were `applied` (a digest of them) and the
+# schema was known to be theirs.  `status` compares it with the database's to
+# learn, without replaying every migration, that nothing else changed it.
+STATE_TABLE = "schema_migrations_state"
+SQL_CREATE_STATE = """\
+CREATE TABLE IF NOT EXISTS {table} (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    applied     TEXT NOT NULL,
+    fingerprint TEXT NOT NULL
+)"""
+SQL_READ_STATE = "SELECT applied, fingerprint FROM {table} WHERE id = 1"
+SQL_WRITE_STATE = "INSERT OR REPLACE INTO {table} (id, applied, fingerprint) VALUES (1, ?, ?)"
 SQL_TABLE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
 
 # wrangler's own record (`wrangler d1 migrations apply`), kept in step with
@@ -1391,6 +1404,7 @@ class Options:
     schema_format: str = "sql"
     output: Optional[str] = None  # schema: the file to write
     schema_file: Optional[str] = None  # apply, rollback: keep it; check: compare with it
+    no_drift: bool = False  # status: skip the comparison of the schema
     version: Optional[str] = None
     force: bool = False
     exit_code: bool = False
@@ -1441,7 +1455,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
                 f"{_opt(name)} is empty; give a value, or leave the option out for its default")
     # The values that pass as they are; the rest is worked out below.
     plain = ("command", "wrangler_config", "target", "allow_out_of_order", "allow_row_loss",
-             "from_migrations", "schema_format", "output", "schema_file",
+             "from_migrations", "schema_format", "output", "schema_file", "no_drift",
              "single_transaction", "dry_run", "backup", "version", "force", "exit_code",
              "description", "json", "quiet", "verbose")
     options = Options(**{name: get(name) for name in plain if get(name) is not None})
@@ -1760,6 +1774,26 @@ class Bookkeeping:
                             [row.name + ".sql"]))
         return entries
 
+    def digest(self, record: Record) -> str:
+        """What the record holds, in a word: changes when anything is applied,
+        rolled back or recorded by another tool."""
+        text = "\n".join(sorted(f"{key}\t{row.checksum}" for key, row in record.applied.items()))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def read_state(self, query: Callable[[str, tuple], List[tuple]]
+                   ) -> "Optional[tuple[str, str]]":
+        """(digest, fingerprint) of the schema the tool last knew, if any."""
+        if not query(SQL_TABLE_COLUMNS, (STATE_TABLE,)):
+            return None
+        rows = query(SQL_READ_STATE.format(table=quote_identifier(STATE_TABLE)), ())
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    def state(self, digest: str, fingerprint: str) -> List[Entry]:
+        """The entries that note the schema the tool now knows."""
+        table = quote_identifier(STATE_TABLE)
+        return [(SQL_CREATE_STATE.format(table=table), []),
+                (SQL_WRITE_STATE.format(table=table), [digest, fingerprint])]
+
     def set_duration(self, version: str, duration_ms: float) -> Entry:
         """The entry that corrects a recorded duration (a remote target learns
         it only from D1's answer)."""
@@ -1840,6 +1874,7 @@ class Target:
 
     name = ""  # how messages name the database
     d1_rules = False  # whether D1's rules refuse a migration before it is sent
+    cheap_reads = True  # whether a few more reads per run cost next to nothing
 
     def open(self, mode: str) -> bool:
         raise NotImplementedError
@@ -2638,6 +2673,7 @@ class D1Target(Target):
     still applied once."""
 
     d1_rules = True
+    cheap_reads = False  # every read is a round trip to Cloudflare
 
     def __init__(self, client: D1Client):
         self.client = client
@@ -2945,6 +2981,34 @@ def _leading_foreign_keys(statements: List[Tuple[int, Statement]]) -> int:
            and _FOREIGN_KEYS_PRAGMA.match(_without_comments(statements[count][1].sql))):
         count += 1
     return count
+
+
+def status_of(migrations: List[Migration], applied: Dict[Union[int, str], AppliedRow],
+              wrangler: bool = False) -> List[MigrationStatus]:
+    """Each migration's state, files and records merged: in number order, or
+    under wrangler's rules the files in wrangler's order, then records whose
+    file is gone."""
+    applied = dict(applied)
+    result = []
+    for m in migrations:
+        row = applied.pop(m.key, None)
+        if row is None:
+            result.append(MigrationStatus(m.version, m.name, m.path, "pending",
+                                          m.checksum, None, None))
+        else:
+            state = "applied" if row.checksum in ("", m.checksum) else "modified"
+            result.append(MigrationStatus(m.version, m.name, m.path, state,
+                                          m.checksum, row.applied_at, row.duration_ms))
+    for row in applied.values():
+        result.append(MigrationStatus(row.version, row.name, None, "missing",
+                                      row.checksum, row.applied_at, row.duration_ms))
+
+    def order(s: MigrationStatus) -> tuple:
+        return row_order(AppliedRow(s.version, s.name, "", "", 0.0), wrangler)
+
+    if wrangler:
+        return result[:len(migrations)] + sorted(result[len(migrations):], key=order)
+    return sorted(result, key=order)
 
 
 def row_order(row: AppliedRow, wrangler: bool = False) -> tuple:
@@ -3256,8 +3320,8 @@ def _drop_message(table: str, refs: List[Reference]) -> str:
 SQL_SCHEMA_OBJECTS = (
     "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL"
     " AND name NOT LIKE 'sqlite!_%' ESCAPE '!' AND name NOT LIKE '!_cf!_%' ESCAPE '!'")
-SQL_SCHEMA_COLUMNS = (
-    'SELECT m.name, c.name, c.type, c."notnull", c.dflt_value, c.pk'
+SQL_SCHEMA_COLUMNS = (  # distinct names: D1 gives a row's values by column name
+    'SELECT m.name AS tbl, c.name AS col, c.type, c."notnull", c.dflt_value, c.pk'
     " FROM sqlite_master AS m JOIN pragma_table_info(m.name) AS c"
     " WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite!_%' ESCAPE '!'"
     " AND m.name NOT LIKE '!_cf!_%' ESCAPE '!' ORDER BY m.name, c.cid")
@@ -3333,6 +3397,72 @@ class Schema:
             elif theirs[o.key] != mine[o.key]:
                 found.append(("changed", o))
         return found
+
+
+def fingerprint_of(query: Callable[[str, tuple], List[tuple]], ignore: Sequence[str]) -> str:
+    """A digest of the schema as the database holds it (its CREATE texts as
+    stored, in a fixed order): one query, no parsing.  Equal only to a
+    fingerprint taken of the same schema by this same function."""
+    ignored = {name.lower() for name in ignore} | {GUARD_TABLE.lower()}
+    rows = sorted((str(t), str(n), str(tbl), str(sql)) for t, n, tbl, sql
+                  in query(SQL_SCHEMA_OBJECTS, ())
+                  if str(n).lower() not in ignored and str(tbl).lower() not in ignored)
+    text = "\n".join("\t".join(row) for row in rows)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+EMPTY_FINGERPRINT = hashlib.sha256(b"").hexdigest()
+
+
+class Drift(namedtuple("Drift", "checked differences unknown")):
+    """How a database's schema compares with what its applied migrations
+    make.
+
+    checked (bool): whether it could be compared
+    differences (List[Tuple[str, SchemaObject]]): as Schema.differences
+    unknown (Optional[str]): why it could not be compared
+    """
+
+    __slots__ = ()
+
+
+def schema_known(query: Callable[[str, tuple], List[tuple]], book: Bookkeeping,
+                 record: Record, ignore: Sequence[str]) -> bool:
+    """Whether the schema is, by the tool's own note, what the applied
+    migrations make (a fresh database is: none, and nothing)."""
+    fingerprint = fingerprint_of(query, ignore)
+    if not record.applied and fingerprint == EMPTY_FINGERPRINT:
+        return True
+    return book.read_state(query) == (book.digest(record), fingerprint)
+
+
+def note_schema(query: Callable[[str, tuple], List[tuple]], book: Bookkeeping,
+                record: Record, ignore: Sequence[str]) -> List[Entry]:
+    """The entries that note the schema as it is now as the one the applied
+    migrations make: to be written only after a run that began on a known
+    schema, so that nothing but migrations changed it."""
+    return book.state(book.digest(record), fingerprint_of(query, ignore))
+
+
+def drift_of(query: Callable[[str, tuple], List[tuple]], book: Bookkeeping, record: Record,
+             migrations: Sequence[Migration], ignore: Sequence[str]) -> Drift:
+    """How the schema `query` reads compares with what the applied
+    migrations make: at once when the tool's note says so, else by replaying
+    them in memory and comparing.  Unknown (and no guess) when a file is
+    gone or will not replay."""
+    if schema_known(query, book, record, ignore):
+        return Drift(True, [], None)
+    applied = [m for m in migrations if m.key in record.applied]
+    present = {m.key for m in applied}
+    missing = [row.name for key, row in record.applied.items() if key not in present]
+    if missing:
+        return Drift(False, [], f"the file of {missing[0]} is gone, so the schema its"
+                                " applied migrations make cannot be replayed")
+    try:
+        expected = replay_schema(applied)
+    except MigrationFailed as exc:
+        return Drift(False, [], str(exc))
+    return Drift(True, read_schema(query, ignore).differences(expected), None)
 
 
 def normalized_sql(sql: str) -> str:
@@ -3621,36 +3751,12 @@ class Migrator:
         return self.book.read(self.target.query, self.target.name)
 
     def status(self, migrations: Optional[List[Migration]] = None) -> List[MigrationStatus]:
-        """Every migration's state, files and records merged, by number (of
-        `migrations`, default: the folder's).
-
-        Read-only: a missing database stays missing, and no table is created.
-        """
-        if migrations is None:
-            migrations = self.migrations()
-        applied: Dict[int, AppliedRow] = {}
-        if self.target.open("read"):
-            applied = dict(self.read().applied)
-        result = []
-        for m in migrations:
-            row = applied.pop(m.key, None)
-            if row is None:
-                result.append(MigrationStatus(m.version, m.name, m.path, "pending",
-                                              m.checksum, None, None))
-            else:
-                state = "applied" if row.checksum in ("", m.checksum) else "modified"
-                result.append(MigrationStatus(m.version, m.name, m.path, state,
-                                              m.checksum, row.applied_at, row.duration_ms))
-        for row in applied.values():
-            result.append(MigrationStatus(row.version, row.name, None, "missing",
-                                          row.checksum, row.applied_at, row.duration_ms))
-        def order(s: MigrationStatus) -> tuple:
-            return row_order(AppliedRow(s.version, s.name, "", "", 0.0), self.book.by_name)
-
-        if self.book.by_name:  # the files in wrangler's order, then those gone
-            return result[:len(migrations)] + sorted(result[len(migrations):], key=order)
-        result.sort(key=order)
-        return result
+        """Every migration's state, files and records merged (of `migrations`,
+        default: the folder's).  Read-only: a missing database stays missing,
+        and no table is created."""
+        applied = self.read().applied if self.target.open("read") else {}
+        return status_of(self.migrations() if migrations is None else migrations, applied,
+                         self.book.by_name)
 
     def schema(self, from_migrations: bool = False) -> Schema:
         """The database's schema, or (from_migrations) the schema that all the
@@ -3666,8 +3772,31 @@ class Migrator:
 
     def bookkeeping_tables(self) -> List[str]:
         """The tables that are the record, not the schema."""
-        return [TRACKING_TABLE, WRANGLER_TABLE] + (
+        return [TRACKING_TABLE, WRANGLER_TABLE, STATE_TABLE] + (
             [self.book.wrangler_table] if self.book.wrangler_table else [])
+
+    def drift(self) -> Drift:
+        """Whether the database's schema is the one its applied migrations
+        make (see drift_of).  Read-only; a missing database has none."""
+        if not self.target.open("read"):
+            return Drift(True, [], None)
+        return drift_of(self.target.query, self.book, self.read(), self.migrations(),
+                        self.bookkeeping_tables())
+
+    def _known(self, record: Record) -> bool:
+        return schema_known(self.target.query, self.book, record, self.bookkeeping_tables())
+
+    def _note_schema(self) -> None:
+        """After a run that began on a known schema: note the one it left
+        (see note_schema).  Only where reads are cheap; a failure to note it
+        only makes the next `status` replay."""
+        if not self.target.cheap_reads:
+            return
+        try:
+            self.target.ensure(note_schema(self.target.query, self.book, self.read(),
+                                           self.bookkeeping_tables()))
+        except (MigrationError, sqlite3.Error, _Stop):
+            pass
 
     def plan(self, applied: Dict[int, AppliedRow], target: Optional[str] = None,
              allow_out_of_order: bool = False, done: str = "nothing was applied"
@@ -3766,9 +3895,12 @@ class Migrator:
             step = run.rollback_step(row, record, version, force)
             report.planned = 1
             report.statements = len(step.statements)
+            known = self.target.cheap_reads and self._known(record)
             run.restore_point()
             self._check_stop()
             run.run(step, 1, ROLLED_BACK)
+            if known and report.having(ROLLED_BACK):
+                self._note_schema()
         return report
 
     def _new_report(self, action: str, dry_run: bool = False,
@@ -3835,9 +3967,14 @@ class _Run:
             record = migrator.read()
             steps = self._steps(record, steps)
         report.planned = len(steps)
-        for index, step in enumerate(steps, 1):
-            migrator._check_stop()
-            self.run(step, index, APPLIED)
+        known = bool(steps) and self.db.cheap_reads and migrator._known(record)
+        try:
+            for index, step in enumerate(steps, 1):
+                migrator._check_stop()
+                self.run(step, index, APPLIED)
+        finally:
+            if known and report.having(APPLIED):
+                migrator._note_schema()
 
     def _steps(self, record: Record, prepared: List[Step]) -> List[Step]:
         """The pending migrations, each prepared (split and checked) once: a
@@ -3855,9 +3992,11 @@ class _Run:
         """The whole run in one transaction: committed (single_transaction)
         or always rolled back (a dry run)."""
         migrator, report = self.migrator, self.report_
-        if commit and migrator.plan(migrator.read().applied, self.target,
-                                    self.allow_out_of_order):
+        record = migrator.read()
+        pending = commit and migrator.plan(record.applied, self.target, self.allow_out_of_order)
+        if pending:
             self.restore_point()  # a backup cannot be copied inside a write transaction
+        known = bool(pending) and self.db.cheap_reads and migrator._known(record)
         entries, synced = self.book.ensure(migrator.read())
         steps: List[Step] = []
         ran: List[Tuple[Step, float]] = []
@@ -3892,6 +4031,8 @@ class _Run:
         report.synced = synced if commit else []
         for index, (step, ms) in enumerate(ran, 1):
             self.report(step, index, APPLIED if commit else WOULD_APPLY, ms)
+        if known and ran:
+            migrator._note_schema()
 
     def apply_step(self, migration: Migration) -> Step:
         statements = prepare_statements(migration, "apply", self.db.d1_rules, self._warn)
@@ -4324,7 +4465,7 @@ def show_synced(console: Console, report: RunReport) -> None:
 
 
 def show_status(console: Console, database: str, exists: bool, migrations_dir: str,
-                states: List[MigrationStatus]) -> Dict[str, int]:
+                states: List[MigrationStatus], drift: Optional[Drift] = None) -> Dict[str, int]:
     counts = {state: 0 for state in STATE_MARKS}
     for s in states:
         counts[s.state] += 1
@@ -4338,6 +4479,10 @@ def show_status(console: Console, database: str, exists: bool, migrations_dir: s
                 "duration_ms": s.duration_ms,
             } for s in states],
             "summary": {**counts, "total": len(states)},
+            "drift": None if drift is None else {
+                "checked": drift.checked, "unknown": drift.unknown,
+                "differences": [{"difference": kind, "type": o.type, "name": o.name,
+                                 "table": o.table} for kind, o in drift.differences]},
         })
     else:
         console.say(f"Database:   {database}{'' if exists else ' (does not exist yet)'}")
@@ -4357,10 +4502,23 @@ def show_status(console: Console, database: str, exists: bool, migrations_dir: s
             console.say("(no migrations)")
         console.say("")
         console.say(", ".join(f"{state.capitalize()}: {n}" for state, n in counts.items()))
+        show_drift(console, database, drift)
     console.step_summary(f"Migration status of {database}",
                       ["Version", "Name", "State", "Applied at"],
                       [[s.version, s.name, s.state, s.applied_at] for s in states])
     return counts
+
+
+def show_drift(console: Console, database: str, drift: Optional[Drift]) -> None:
+    if drift is None or (drift.checked and not drift.differences):
+        return
+    if not drift.checked:
+        console.say(f"Drift: not checked: {drift.unknown}")
+        return
+    console.say(f"Drift: the schema of {database} is not what its applied migrations make:")
+    for kind, o in drift.differences:
+        owner = f" (on {o.table})" if o.type in ("index", "trigger") else ""
+        console.say(f"  {o.type} {o.name}{owner}: {kind}")
 
 
 def show_rollback(console: Console, report: RunReport, migrations_dir: str) -> None:
@@ -4470,9 +4628,12 @@ def cmd_init(options: Options, console: Console) -> int:
 def cmd_status(options: Options, console: Console) -> int:
     with _migrator(options, console) as migrator:
         states = migrator.status()
+        drift = None if options.no_drift else migrator.drift()
         exists = options.remote is not None or os.path.exists(options.db_path)
-        counts = show_status(console, migrator.database, exists, migrator.migrations_dir, states)
-    if options.exit_code and (counts["pending"] or counts["modified"] or counts["missing"]):
+        counts = show_status(console, migrator.database, exists, migrator.migrations_dir, states,
+                             drift)
+    if options.exit_code and (counts["pending"] or counts["modified"] or counts["missing"]
+                              or (drift and drift.differences)):
         return EXIT_FAILED
     return EXIT_OK
 
@@ -4742,7 +4903,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common],
                                  help="show applied, pending, modified and missing migrations")
     status.add_argument("--exit-code", action="store_true",
-                        help="exit 1 when anything is pending, modified or missing")
+                        help="exit 1 when anything is pending, modified or missing, or the"
+                             " schema has drifted")
+    status.add_argument("--no-drift", action="store_true",
+                        help="do not compare the schema with what the migrations make")
     status.set_defaults(handler=cmd_status)
 
     apply = commands.add_parser("apply", parents=[common],

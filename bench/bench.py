@@ -424,7 +424,9 @@ def schema_of(db):
     conn = sqlite3.connect(db)
     try:
         return conn.execute(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+            "SELECT type, name, tbl_name, sql FROM sqlite_master"
+            # The tool's note of the schema it left is its record, not schema.
+            " WHERE name <> 'schema_migrations_state' ORDER BY type, name").fetchall()
     finally:
         conn.close()
 
