@@ -3504,16 +3504,22 @@ class _Replay:
         return self.conn.execute(sql, params).fetchall()
 
     def run(self, migration: Migration, action: str = "apply") -> None:
-        for number, statement in prepare_statements(migration, action):
-            try:
-                for _ in self.conn.execute(statement.sql):
-                    pass
-            except (sqlite3.Error, ValueError) as exc:
-                raise MigrationFailed(
-                    migration.name, migration.path,
-                    f"cannot be replayed on an empty database to learn the schema ({exc});"
-                    " nothing is said of the schema it makes", number, statement.line,
-                    statement.sql, action=action) from None
+        """One migration (or down script) in a transaction: all or nothing."""
+        self.conn.execute("BEGIN")
+        try:
+            for number, statement in prepare_statements(migration, action):
+                try:
+                    for _ in self.conn.execute(statement.sql):
+                        pass
+                except (sqlite3.Error, ValueError) as exc:
+                    raise MigrationFailed(migration.name, migration.path, str(exc), number,
+                                          statement.line, statement.sql,
+                                          action=action) from None
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
 
     def schema(self) -> Schema:
         return read_schema(self.query)
@@ -3527,10 +3533,71 @@ def replay_schema(migrations: Sequence[Migration]) -> Schema:
     replay = _Replay()
     try:
         for migration in migrations:
-            replay.run(migration)
+            try:
+                replay.run(migration)
+            except MigrationFailed as exc:
+                raise exc.with_note(
+                    "it was replayed on an empty in-memory database to learn the schema the"
+                    " migrations make, and nothing is said of that schema") from None
         return replay.schema()
     finally:
         replay.close()
+
+
+def down_findings(migrations: Sequence[Migration], folder: str) -> List[Finding]:
+    """For `check`: each down script (migrations/down/<name>.sql), replayed
+    in memory as up, down, up: a down script that fails, one that does not
+    bring the schema back to what it was before its migration, and a
+    migration that fails after its down script.  Stops quietly where a
+    migration cannot be replayed (drop_findings says so)."""
+    findings: List[Finding] = []
+    replay = _Replay()
+    try:
+        for migration in migrations:
+            path = os.path.join(folder, DOWN_DIR, migration.name + ".sql")
+            down = Migration(migration.version, migration.name, path, key=migration.key) \
+                if os.path.isfile(path) else None
+            before = replay.schema() if down else None
+            try:
+                replay.run(migration)
+            except (MigrationFailed, MigrationFileError):
+                return findings
+            if down is None:
+                continue
+            try:
+                replay.run(down, "roll back")
+            except MigrationFailed as exc:
+                findings.append(Finding("error", path, exc.line, "down-script-fails",
+                                        f"it fails after {migration.name}: {exc.reason}"))
+                continue
+            except MigrationFileError as exc:
+                findings.append(Finding("error", path, None, "down-script-fails", str(exc)))
+                continue
+            left = replay.schema().differences(before)  # type: ignore[arg-type]
+            if left:
+                shown = "; ".join(f"{o.type} {o.name}: {_undone(kind)}" for kind, o in left[:4])
+                findings.append(Finding(
+                    "error", path, None, "down-script-incomplete",
+                    f"it does not undo {migration.name}: {shown}"
+                    + (f" (and {len(left) - 4} more)" if len(left) > 4 else "")))
+                return findings  # the schema from here on is not the migrations' own
+            try:
+                replay.run(migration)
+            except MigrationFailed as exc:
+                findings.append(Finding(
+                    "error", migration.path, exc.line, "up-after-down-fails",
+                    f"it fails when applied again after its down script: {exc.reason}"))
+                return findings
+    finally:
+        replay.close()
+    return findings
+
+
+def _undone(kind: str) -> str:
+    """A schema difference after a down script, said of the down script."""
+    return {"missing": "dropped by the migration, not created again",
+            "not created by any migration": "created by the migration, not dropped",
+            "changed": "changed by the migration, not changed back"}[kind]
 
 
 # -- writing a schema ----------------------------------------------------------
@@ -4706,6 +4773,7 @@ def cmd_check(options: Options, console: Console) -> int:
     migrations, findings = check_folder(options.migrations_dir,
                                         options.wrangler_table is not None)
     findings += drop_findings(migrations)
+    findings += down_findings(migrations, options.migrations_dir)
     if options.schema_file:
         findings += _schema_file_findings(options.schema_file, migrations)
     database = None

@@ -495,9 +495,10 @@ def test_json_is_valid_whatever_the_stdout_encoding(project, write_migration, en
     assert Path(data["migrations"][0]["file"]).name == CAFE + ".sql"
 
     code, data = run(["check"])
-    assert code == 1  # the misnamed file
+    assert code == 1  # the down script that fails, the misnamed file
     assert [(Path(f["path"]).name, f["code"]) for f in data["findings"]] == [
-        ("nötes_ünïcode.sql", "bad-name")]
+        (CAFE + ".sql", "down-script-fails"), ("nötes_ünïcode.sql", "bad-name")]
+    assert MISSING_TABLE in data["findings"][0]["message"]
 
     code, data = run(["rollback"])
     assert code == 1
