@@ -1405,6 +1405,9 @@ class Options:
     output: Optional[str] = None  # schema: the file to write
     schema_file: Optional[str] = None  # apply, rollback: keep it; check: compare with it
     no_drift: bool = False  # status: skip the comparison of the schema
+    allow_data_loss: bool = False  # rollback: a computed rollback may drop data
+    record_only: bool = False  # rollback: remove the record alone
+    down: Optional[str] = None  # new: write the computed down script of this version
     version: Optional[str] = None
     force: bool = False
     exit_code: bool = False
@@ -1448,7 +1451,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     get = values.get
     for name in ("db_path", "migrations_dir", "wrangler_config", "database", "persist_to",
                  "wrangler_env", "wrangler_table", "api_base", "target", "version", "backup",
-                 "output", "schema_file"):
+                 "output", "schema_file", "down"):
         value = get(name)
         if isinstance(value, str) and not value.strip():
             raise ConfigurationError(
@@ -1456,6 +1459,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     # The values that pass as they are; the rest is worked out below.
     plain = ("command", "wrangler_config", "target", "allow_out_of_order", "allow_row_loss",
              "from_migrations", "schema_format", "output", "schema_file", "no_drift",
+             "allow_data_loss", "record_only", "down",
              "single_transaction", "dry_run", "backup", "version", "force", "exit_code",
              "description", "json", "quiet", "verbose")
     options = Options(**{name: get(name) for name in plain if get(name) is not None})
@@ -1603,6 +1607,10 @@ class RunReport:
         self.wrangler_table: Optional[str] = None
         self.created = False  # init: the tracking table was made by this run
         self.statements = 0  # rollback: how many statements its down script had
+        self.computed: Optional[RollbackPlan] = None  # rollback: computed, not a down script
+        self.subject: "tuple[str, str]" = ("", "")  # rollback: version and name of the migration
+        self.down_script: Optional[str] = None  # rollback: the down script's path
+        self.sql = ""  # rollback: what runs (or, in a dry run, would)
         self.error: Optional[MigrationError] = None
         self.started = time.perf_counter()
         self.elapsed_ms = 0.0
@@ -3465,8 +3473,14 @@ def drift_of(query: Callable[[str, tuple], List[tuple]], book: Bookkeeping, reco
     return Drift(True, read_schema(query, ignore).differences(expected), None)
 
 
+_QUOTED_WORD = re.compile(r"'[^']*(?:''[^']*)*'|[\"`\[]([A-Za-z_][A-Za-z0-9_]*)[\"`\]]")
+
+
 def normalized_sql(sql: str) -> str:
+    """A definition as compared: comments, spacing and the quotes around
+    plain names (which SQLite adds when it renames) taken out."""
     text = re.sub(r"\s+", " ", _without_comments(sql)).strip()
+    text = _QUOTED_WORD.sub(lambda m: m.group(1) or m.group(0), text)
     return re.sub(r" ?([(),]) ?", r"\1", text)
 
 
@@ -3598,6 +3612,240 @@ def _undone(kind: str) -> str:
     return {"missing": "dropped by the migration, not created again",
             "not created by any migration": "created by the migration, not dropped",
             "changed": "changed by the migration, not changed back"}[kind]
+
+
+# -- a rollback computed from two schemas ----------------------------------------
+# What a migration with no down script did is the difference between the
+# schema before it (the replay of the migrations before it) and now; the
+# statements that undo it are computed here and run like a down script (or
+# printed, for review).  A table is rebuilt as SQLite documents (create the
+# new one, copy the shared columns, drop the old, rename), with foreign keys
+# deferred, never switched off: D1 enforces them, and the row guard counts
+# what the drop could take.
+
+_CREATE_TABLE_HEAD = re.compile(
+    rf"(?is)(\s*CREATE\s+(?:TEMP(?:ORARY)?\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?)"
+    rf"(?:{_SQL_NAME}\s*\.\s*)?{_SQL_NAME}")
+ROLLBACK_TABLE_SUFFIX = "__apply_migrations_rollback"
+
+
+class RollbackPlan(namedtuple("RollbackPlan", "statements losses notes")):
+    """The statements that turn one schema into another.
+
+    statements (List[str]): each ending in ";"
+    losses (List[str]): what they would lose (rows of a table dropped, values of a
+        column dropped), each a phrase; refused unless the loss is meant
+    notes (List[str]): what they cannot bring back (a table the migration dropped
+        comes back empty)
+    """
+
+    __slots__ = ()
+
+    def sql(self) -> str:
+        return "".join(statement + "\n" for statement in self.statements)
+
+
+def rollback_plan(current: Schema, target: Schema,
+                  count: Callable[[str, Optional[str]], int]) -> RollbackPlan:
+    """The statements that turn `current` into `target`, and what they would
+    lose.  count(table, column) counts a table's rows (column None) or a
+    column's non-NULL values, in the database they are for."""
+    now, want = current.normalized(), target.normalized()
+    by_key = {o.key: o for o in current.objects}
+    statements: List[str] = []
+    losses: List[str] = []
+    notes: List[str] = []
+    quote = quote_identifier
+    renamed = _renamed_tables(current, target)
+    rebuilt = set()
+    # What depends on tables goes first: triggers, views, then indexes.
+    for kind in ("trigger", "view", "index"):
+        for o in current.objects:
+            if o.type == kind and want.get(o.key) != now[o.key]:
+                statements.append(f"DROP {kind.upper()} IF EXISTS {quote(o.name)};")
+    for old, new in renamed.items():
+        statements.append(f"ALTER TABLE {quote(old)} RENAME TO {quote(new)};")
+    for o in target.tables():
+        source = next((old for old, new in renamed.items() if new.lower() == o.name.lower()),
+                      o.name)
+        mine = by_key.get(("table", source.lower()))
+        if mine is None or (source == o.name and now[mine.key] == want[o.key]):
+            continue
+        if source != o.name and normalized_sql(_renamed_sql(mine.sql, o.name)) == want[o.key]:
+            continue  # the rename alone undoes it
+        rebuilt.add(o.name.lower())
+        statements += _table_back(mine._replace(name=o.name), o, current, target, count,
+                                  losses, notes)
+    for o in current.tables():
+        if o.key not in want and o.name not in renamed:
+            rows = count(o.name, None)
+            if rows:
+                losses.append(f"the {rows} rows of table {o.name}, which the migration created")
+            statements.append(f"DROP TABLE {quote(o.name)};")
+    for o in target.tables():
+        if ("table", o.name.lower()) not in now and o.name.lower() not in {
+                n.lower() for n in renamed.values()}:
+            statements.append(o.sql.rstrip().rstrip(";") + ";")
+            notes.append(f"table {o.name}, which the migration dropped, comes back empty")
+    for kind in ("index", "view", "trigger"):
+        for o in target.objects:
+            if o.type == kind and (now.get(o.key) != want[o.key]
+                                   or o.table.lower() in rebuilt):
+                if o.table.lower() in rebuilt and now.get(o.key) == want[o.key]:
+                    statements.append(f"DROP {kind.upper()} IF EXISTS {quote(o.name)};")
+                statements.append(o.sql.rstrip().rstrip(";") + ";")
+    return RollbackPlan(statements, losses, notes)
+
+
+def _renamed_tables(current: Schema, target: Schema) -> Dict[str, str]:
+    """Tables the migration renamed: gone from one schema and new in the
+    other with the same columns (name and type, in order)."""
+    now = {o.name.lower(): o for o in current.tables()}
+    want = {o.name.lower(): o for o in target.tables()}
+    renamed: Dict[str, str] = {}
+    for name, o in now.items():
+        if name in want:
+            continue
+        shape = current.columns.get(name, [])
+        for other, t in want.items():
+            wanted = target.columns.get(other, [])
+            if other not in now and other not in {n.lower() for n in renamed.values()} \
+                    and wanted and shape[:len(wanted)] == wanted:
+                renamed[o.name] = t.name  # perhaps with columns added since: dropped after
+                break
+    return renamed
+
+
+def _renamed_sql(sql: str, name: str) -> str:
+    return _CREATE_TABLE_HEAD.sub(lambda m: m.group(1) + quote_identifier(name), sql, count=1)
+
+
+def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, target: Schema,
+                count: Callable[[str, Optional[str]], int], losses: List[str],
+                notes: List[str]) -> List[str]:
+    """The statements that give table `mine` the definition `theirs`: a
+    column dropped when that is all the migration did, else a rebuild that
+    keeps the rows and the columns both have (and the renamed ones)."""
+    quote = quote_identifier
+    now_columns = current.columns.get(mine.table.lower(), [])
+    want_columns = target.columns.get(theirs.name.lower(), [])
+    want_names = [c.name for c in want_columns]
+    names = [c.name for c in now_columns]
+    # Columns renamed by the migration: same place, same type, another name.
+    renames = {}
+    if len(names) == len(want_names):
+        renames = {n.name: w.name for n, w in zip(now_columns, want_columns)
+                   if n.name != w.name and n[1:] == w[1:]}
+    extra = [n for n in names if n not in want_names and n not in renames]
+    for column in extra:
+        values = count(mine.table, column)
+        if values:
+            losses.append(f"the {values} values of column {mine.name}.{column}, which the"
+                          " migration added")
+    for w in want_columns:
+        if w.name not in names and w.name not in renames.values():
+            notes.append(f"column {theirs.name}.{w.name}, which the migration dropped, comes"
+                         " back empty")
+            if w.notnull and w.default is None and count(mine.table, None):
+                losses.append(f"the rows of table {mine.name}: its column {w.name}, which the"
+                              " migration dropped, is NOT NULL with no default")
+    if renames and not extra and [c._replace(name=renames.get(c.name, c.name))
+                                  for c in now_columns] == want_columns:
+        return [f"ALTER TABLE {quote(mine.name)} RENAME COLUMN {quote(old)} TO {quote(new)};"
+                for old, new in renames.items()]
+    if extra and not renames and [c for c in now_columns if c.name not in extra] == want_columns:
+        # Only columns added: dropped again, the table (and what references
+        # it) left in place.
+        return [f"ALTER TABLE {quote(mine.name)} DROP COLUMN {quote(column)};"
+                for column in extra]
+    kept = [n for n in names if n in want_names or n in renames]
+    temporary = theirs.name + ROLLBACK_TABLE_SUFFIX
+    return [
+        "PRAGMA defer_foreign_keys = ON;",
+        _renamed_sql(theirs.sql, temporary).rstrip().rstrip(";") + ";",
+        f"INSERT INTO {quote(temporary)} ({', '.join(quote(renames.get(n, n)) for n in kept)})"
+        f" SELECT {', '.join(quote(n) for n in kept)} FROM {quote(mine.name)};",
+        f"DROP TABLE {quote(mine.name)};",
+        f"ALTER TABLE {quote(temporary)} RENAME TO {quote(theirs.name)};",
+    ]
+
+
+def compute_rollback(query: Callable[[str, tuple], List[tuple]], record: Record,
+                     migrations: Sequence[Migration], key: Union[int, str],
+                     ignore: Sequence[str]) -> RollbackPlan:
+    """The rollback of the applied migration `key`, computed: the statements
+    that turn the database's schema into the one the other applied
+    migrations make, checked in memory to give exactly that.  Refused
+    (MigrationError, nothing changed) when a file is gone, a replay fails,
+    or the database has drifted: no rollback from a wrong picture."""
+    applied = [m for m in migrations if m.key in record.applied]
+    present = {m.key for m in applied}
+    gone = [row.name for k, row in record.applied.items() if k not in present]
+    name = next((m.name for m in applied if m.key == key), str(key))
+    why = f"Cannot compute a rollback of {name}"
+    if gone:
+        raise MigrationError(f"{why}: the file of {gone[0]} is gone, so the schema before it"
+                             " cannot be replayed; write a down script")
+    try:
+        now = replay_schema(applied)
+        before = replay_schema([m for m in applied if m.key != key])
+    except MigrationFailed as exc:
+        raise MigrationError(f"{why}: {exc}") from None
+    actual = read_schema(query, ignore)
+    drifted = actual.differences(now)
+    if drifted:
+        kind, o = drifted[0]
+        raise MigrationError(
+            f"{why}: the database has drifted from what its migrations make ({o.type}"
+            f" {o.name}: {kind}{f', and {len(drifted) - 1} more' if len(drifted) > 1 else ''});"
+            " a computed rollback needs the schema its migrations make. Write a down script")
+
+    def count(table: str, column: Optional[str]) -> int:
+        sql = SQL_COUNT.format(counted=quote_identifier(column) if column else "*",
+                               table=quote_identifier(table))
+        return int(query(sql, ())[0][0])
+
+    return _checked(rollback_plan(actual, before, count), applied, before, why)
+
+
+def down_script_plan(migrations: Sequence[Migration], key: Union[int, str]) -> RollbackPlan:
+    """A down script for migration `key`, computed from the migrations alone
+    (replayed in memory, up to it and up to just before it): no database,
+    so nothing is known of rows, and none counted as lost."""
+    upto = []
+    for migration in migrations:
+        upto.append(migration)
+        if migration.key == key:
+            break
+    why = f"Cannot compute a down script for {upto[-1].name}"
+    try:
+        now, before = replay_schema(upto), replay_schema(upto[:-1])
+    except MigrationFailed as exc:
+        raise MigrationError(f"{why}: {exc}") from None
+    return _checked(rollback_plan(now, before, lambda table, column: 0), upto, before, why)
+
+
+def _checked(plan: RollbackPlan, applied: Sequence[Migration], before: Schema,
+             why: str) -> RollbackPlan:
+    """The plan, once it is seen to give `before` from what `applied` make,
+    in memory."""
+    check = _Replay()
+    try:
+        for migration in applied:
+            check.run(migration)
+        try:
+            check.conn.executescript("BEGIN;\n" + plan.sql() + "COMMIT;")
+        except sqlite3.Error as exc:
+            raise MigrationError(f"{why}: its computed statements fail in memory ({exc});"
+                                 " write a down script") from None
+        left = check.schema().differences(before)
+    finally:
+        check.close()
+    if left:
+        kind, o = left[0]
+        raise MigrationError(f"{why}: the computed statements do not give the schema before"
+                             f" it ({o.type} {o.name}: {kind}); write a down script")
+    return plan
 
 
 # -- writing a schema ----------------------------------------------------------
@@ -3850,21 +4098,6 @@ class Migrator:
         return drift_of(self.target.query, self.book, self.read(), self.migrations(),
                         self.bookkeeping_tables())
 
-    def _known(self, record: Record) -> bool:
-        return schema_known(self.target.query, self.book, record, self.bookkeeping_tables())
-
-    def _note_schema(self) -> None:
-        """After a run that began on a known schema: note the one it left
-        (see note_schema).  Only where reads are cheap; a failure to note it
-        only makes the next `status` replay."""
-        if not self.target.cheap_reads:
-            return
-        try:
-            self.target.ensure(note_schema(self.target.query, self.book, self.read(),
-                                           self.bookkeeping_tables()))
-        except (MigrationError, sqlite3.Error, _Stop):
-            pass
-
     def plan(self, applied: Dict[int, AppliedRow], target: Optional[str] = None,
              allow_out_of_order: bool = False, done: str = "nothing was applied"
              ) -> List[Migration]:
@@ -3935,11 +4168,15 @@ class Migrator:
         return report
 
     def rollback(self, version: Optional[str] = None, *, force: bool = False,
-                 bookmark: bool = True, allow_row_loss: bool = False) -> RunReport:
-        """Undo one applied migration (default: the latest): run its down
-        script, if there is one, and delete its tracking row, in one
-        transaction.  The outcome's path is the down script (None: the
-        record alone was removed and the schema is unchanged)."""
+                 bookmark: bool = True, allow_row_loss: bool = False,
+                 allow_data_loss: bool = False, record_only: bool = False,
+                 dry_run: bool = False) -> RunReport:
+        """Undo one applied migration (default: the latest) and delete its
+        tracking row, in one transaction: with its down script, if it has
+        one, else with statements computed from the schema before it
+        (report.computed; refused when they would lose data, unless
+        allow_data_loss).  record_only removes the record alone; dry_run
+        computes and changes nothing (report.sql holds what would run)."""
         report = self._new_report("rollback")
         chosen: List[AppliedRow] = []
 
@@ -3958,16 +4195,22 @@ class Migrator:
             record = self.read()
             row = choose_rollback(record.applied, version, force, self.book.by_name)
             chosen.append(row)
-            run = _Run(self, report, bookmark=bookmark, allow_row_loss=allow_row_loss)
+            run = _Run(self, report, bookmark=bookmark, allow_row_loss=allow_row_loss,
+                       allow_data_loss=allow_data_loss, record_only=record_only)
             step = run.rollback_step(row, record, version, force)
             report.planned = 1
             report.statements = len(step.statements)
-            known = self.target.cheap_reads and self._known(record)
+            report.subject = (row.version, row.name)
+            report.down_script = step.path
+            report.sql = "".join(s.sql.rstrip() + "\n" for _, s in step.statements)
+            if dry_run:
+                return report
+            known = self.target.cheap_reads and run.known(record)
             run.restore_point()
             self._check_stop()
             run.run(step, 1, ROLLED_BACK)
             if known and report.having(ROLLED_BACK):
-                self._note_schema()
+                run.note_schema()
         return report
 
     def _new_report(self, action: str, dry_run: bool = False,
@@ -4008,7 +4251,8 @@ class _Run:
 
     def __init__(self, migrator: Migrator, report: RunReport, target: Optional[str] = None,
                  allow_out_of_order: bool = False, backup: Union[None, bool, str] = None,
-                 bookmark: bool = True, allow_row_loss: bool = False):
+                 bookmark: bool = True, allow_row_loss: bool = False,
+                 allow_data_loss: bool = False, record_only: bool = False):
         self.migrator = migrator
         self.book = migrator.book
         self.db = migrator.target
@@ -4018,6 +4262,8 @@ class _Run:
         self.backup = backup
         self.bookmark = bookmark
         self.allow_row_loss = allow_row_loss
+        self.allow_data_loss = allow_data_loss
+        self.record_only = record_only
 
     def each(self) -> None:
         """Each pending migration in its own transaction."""
@@ -4034,14 +4280,14 @@ class _Run:
             record = migrator.read()
             steps = self._steps(record, steps)
         report.planned = len(steps)
-        known = bool(steps) and self.db.cheap_reads and migrator._known(record)
+        known = bool(steps) and self.db.cheap_reads and self.known(record)
         try:
             for index, step in enumerate(steps, 1):
                 migrator._check_stop()
                 self.run(step, index, APPLIED)
         finally:
             if known and report.having(APPLIED):
-                migrator._note_schema()
+                self.note_schema()
 
     def _steps(self, record: Record, prepared: List[Step]) -> List[Step]:
         """The pending migrations, each prepared (split and checked) once: a
@@ -4063,7 +4309,7 @@ class _Run:
         pending = commit and migrator.plan(record.applied, self.target, self.allow_out_of_order)
         if pending:
             self.restore_point()  # a backup cannot be copied inside a write transaction
-        known = bool(pending) and self.db.cheap_reads and migrator._known(record)
+        known = bool(pending) and self.db.cheap_reads and self.known(record)
         entries, synced = self.book.ensure(migrator.read())
         steps: List[Step] = []
         ran: List[Tuple[Step, float]] = []
@@ -4099,7 +4345,7 @@ class _Run:
         for index, (step, ms) in enumerate(ran, 1):
             self.report(step, index, APPLIED if commit else WOULD_APPLY, ms)
         if known and ran:
-            migrator._note_schema()
+            self.note_schema()
 
     def apply_step(self, migration: Migration) -> Step:
         statements = prepare_statements(migration, "apply", self.db.d1_rules, self._warn)
@@ -4134,6 +4380,8 @@ class _Run:
                 "roll back", self.db.d1_rules, self._warn)
             except MigrationFailed as exc:
                 raise exc.with_note("nothing was rolled back") from None
+        elif not self.record_only:
+            statements = self._computed(row, record)
 
         def settled() -> bool:
             applied = self.migrator.read().applied
@@ -4149,6 +4397,18 @@ class _Run:
                     _leading_foreign_keys(statements),
                     lambda ms: self.book.forget(row, record), lambda ms: [], settled,
                     self._guard(statements))
+
+    def _computed(self, row: AppliedRow, record: Record) -> List[Tuple[int, Statement]]:
+        """A rollback without a down script: computed (compute_rollback)."""
+        plan = compute_rollback(self.db.query, record, self.migrator.migrations(),
+                                self.book.key(row), self.migrator.bookkeeping_tables())
+        if plan.losses and not self.allow_data_loss:
+            raise MigrationError(
+                f"The rollback computed for {row.name} (it has no down script) would lose"
+                f" {'; '.join(plan.losses)}. Nothing was rolled back: pass"
+                f" {_opt('allow_data_loss')} if that is meant, or write a down script")
+        self.report_.computed = plan
+        return list(enumerate(split_sql(plan.sql()), 1))
 
     def _guard(self, statements: List[Tuple[int, Statement]]) -> Callable:
         if self.allow_row_loss:
@@ -4178,6 +4438,21 @@ class _Run:
         self.report_.outcomes.append(outcome)
         if self.migrator.on_outcome is not None:
             self.migrator.on_outcome(outcome)
+
+    def known(self, record: Record) -> bool:
+        return schema_known(self.db.query, self.book, record, self.migrator.bookkeeping_tables())
+
+    def note_schema(self) -> None:
+        """After a run that began on a known schema: note the one it left
+        (see note_schema).  Only where reads are cheap; a failure to note it
+        only makes the next `status` replay."""
+        if not self.db.cheap_reads:
+            return
+        try:
+            self.db.ensure(note_schema(self.db.query, self.book, self.migrator.read(),
+                                       self.migrator.bookkeeping_tables()))
+        except (MigrationError, sqlite3.Error, _Stop):
+            pass
 
     def _warn(self, warning: str) -> None:
         self.report_.warnings.append(warning)
@@ -4588,27 +4863,45 @@ def show_drift(console: Console, database: str, drift: Optional[Drift]) -> None:
         console.say(f"  {o.type} {o.name}{owner}: {kind}")
 
 
-def show_rollback(console: Console, report: RunReport, migrations_dir: str) -> None:
-    outcome = report.outcomes[-1]
+def show_rollback(console: Console, report: RunReport, migrations_dir: str,
+                  dry_run: bool = False) -> None:
+    version, name = report.subject
+    computed = report.computed
+    notes = computed.notes if computed else []
     if console.json:
-        console.emit({
-            "database": report.database,
-            "rolled_back": {"version": outcome.version, "name": outcome.name},
-            "result": outcome.result,
-            "down_script": outcome.path,
-            "statements": report.statements,
-            "schema_changed": outcome.path is not None and outcome.result == ROLLED_BACK,
-        })
-    elif outcome.result == SKIPPED:
-        console.say(f"Nothing rolled back: another process rolled back {outcome.name}"
-                 " meanwhile.")
+        payload: Dict[str, object] = {
+            "database": report.database, "rolled_back": {"version": version, "name": name},
+            "down_script": report.down_script, "computed": computed is not None,
+            "statements": report.statements, "notes": notes}
+        if dry_run:
+            payload.update(dry_run=True, sql=report.sql)
+        else:
+            result = report.outcomes[-1].result
+            payload.update(result=result, schema_changed=bool(report.statements)
+                           and result == ROLLED_BACK)
+        console.emit(payload)
+        return
+    if dry_run:
+        source = (f"computed: {name} has no down script" if computed else
+                  report.down_script or "its record alone: the schema stays as it is")
+        console._write(f"-- The rollback of {name} ({source}); nothing was changed\n"
+                       + "".join(f"-- Note: {note}\n" for note in notes) + report.sql)
+        return
+    outcome = report.outcomes[-1]
+    if outcome.result == SKIPPED:
+        console.say(f"Nothing rolled back: another process rolled back {name} meanwhile.")
+    elif computed is not None:
+        console.say(f"Rolled back {name}: ran {_plural(report.statements, 'statement')}"
+                    " computed from the schema before it (it has no down script) and removed"
+                    " its record.")
+        for note in notes:
+            console.say(f"Note: {note}")
     elif outcome.path:
-        console.say(f"Rolled back {outcome.name}: ran {outcome.path}"
-                f" ({_plural(report.statements, 'statement')}) and removed its record.")
+        console.say(f"Rolled back {name}: ran {outcome.path}"
+                    f" ({_plural(report.statements, 'statement')}) and removed its record.")
     else:
-        console.say(f"Rolled back {outcome.name}: removed its record only. There is no down"
-                f" script at {os.path.join(migrations_dir, DOWN_DIR, outcome.name + '.sql')},"
-                 " so the schema was NOT changed.")
+        console.say(f"Rolled back {name}: removed its record only; the schema was NOT"
+                    " changed.")
 
 
 def show_check(console: Console, migrations_dir: str, database: Optional[str], count: int,
@@ -4726,9 +5019,11 @@ def cmd_rollback(options: Options, console: Console) -> int:
     with _migrator(options, console) as migrator, _stop_on_signals(migrator):
         report = migrator.rollback(options.version, force=options.force,
                                    bookmark=options.bookmark,
-                                   allow_row_loss=options.allow_row_loss)
+                                   allow_row_loss=options.allow_row_loss,
+                                   allow_data_loss=options.allow_data_loss,
+                                   record_only=options.record_only, dry_run=options.dry_run)
         _keep_schema_file(options, migrator, console)
-    show_rollback(console, report, options.migrations_dir)
+    show_rollback(console, report, options.migrations_dir, options.dry_run)
     return EXIT_OK
 
 
@@ -4823,8 +5118,46 @@ def slugify(description: str) -> str:
     return re.sub(r"[\W_]+", "_", description.lower()).strip("_")
 
 
+def cmd_new_down(options: Options, console: Console) -> int:
+    """new --down VERSION: the computed down script, written for review."""
+    with _migrator(options, console) as migrator:
+        migrations = migrator.migrations()
+    migration = find_migration(str(options.down), migrations)
+    if migration is None:
+        raise ConfigurationError(f"{_opt('down')} {options.down}: no migration in"
+                                 f" {options.migrations_dir} has that version or name")
+    plan = down_script_plan(migrations, migration.key)
+    folder = os.path.join(options.migrations_dir, DOWN_DIR)
+    path = os.path.join(folder, migration.filename)
+    text = (f"-- Down script of {migration.name}, computed by apply_migrations.py from the"
+            " schema before it: review it before you commit it.\n"
+            + "".join(f"-- Note: {note}\n" for note in plan.notes) + plan.sql())
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "x", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise MigrationFileError(f"{path} already exists; not overwriting it") from None
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot write {path}: {exc.strerror}") from None
+    if console.json:
+        console.emit({"file": path, "version": migration.version, "name": migration.name,
+                      "statements": len(plan.statements), "notes": plan.notes})
+    elif not console.quiet:
+        console._write(path + "\n")
+    return EXIT_OK
+
+
 def cmd_new(options: Options, console: Console) -> int:
+    if options.down is not None:
+        if options.description:
+            raise ConfigurationError(f"new {_opt('down')} writes a down script and takes no"
+                                     " description")
+        return cmd_new_down(options, console)
     description = options.description
+    if not description:
+        raise ConfigurationError('new: give the new migration a description ("Add user'
+                                 f' indexes"), or pass {_opt("down")} VERSION')
     slug = slugify(description)
     if not slug:
         raise ConfigurationError(
@@ -5010,6 +5343,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="0001, 0001_initial_schema or 0001_initial_schema.sql")
     rollback.add_argument("--force", action="store_true",
                           help="roll back even though later migrations are applied")
+    rollback.add_argument("--dry-run", action="store_true",
+                          help="print what would run (the down script, or the statements"
+                               " computed without one) and change nothing")
+    rollback.add_argument("--allow-data-loss", action="store_true",
+                          help="let a rollback computed without a down script drop tables"
+                               " or columns that hold data")
+    rollback.add_argument("--record-only", action="store_true",
+                          help="remove the record alone, leaving the schema as it is")
     rollback.add_argument("--allow-row-loss", action="store_true",
                           help="let the down script's foreign-key ON DELETE actions take rows"
                                " from tables it does not name (refused by default)")
@@ -5049,7 +5390,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     new = commands.add_parser("new", parents=[output, folder],
                               help="create the next NNNN_description.sql")
-    new.add_argument("description", nargs="+", help='e.g. "Add user indexes"')
+    new.add_argument("description", nargs="*", help='e.g. "Add user indexes"')
+    new.add_argument("--down", metavar="VERSION",
+                     help="instead: write migrations/down/<name>.sql for this migration,"
+                          " computed from the schema before it")
     new.set_defaults(handler=cmd_new)
     return parser
 

@@ -471,15 +471,18 @@ def test_rollback_json(project, run_subprocess, write_migration):
     assert code == 0, err
     assert parse_json(out) == {
         "database": DB, "rolled_back": {"version": "0002", "name": "0002_b"},
-        "result": "rolled back",
+        "result": "rolled back", "computed": False, "notes": [],
         "down_script": os.path.join("migrations", "down", "0002_b.sql"),
         "statements": 2, "schema_changed": True}
     assert tables(project / DB) == ["a", "schema_migrations"]
+    # No down script: computed from the schema before it.
     code, out, err = run_subprocess(["rollback", "--json", "--version", "0001_a.sql"])
     assert code == 0, err
     assert parse_json(out) == {
         "database": DB, "rolled_back": {"version": "0001", "name": "0001_a"},
-        "result": "rolled back", "down_script": None, "statements": 0, "schema_changed": False}
+        "result": "rolled back", "computed": True, "notes": [], "down_script": None,
+        "statements": 1, "schema_changed": True}
+    assert tables(project / DB) == ["schema_migrations"]
     code, out, err = run_subprocess(["rollback", "--json"])
     assert code == 1
     payload = parse_json(out)

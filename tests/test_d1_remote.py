@@ -372,15 +372,26 @@ def test_bundled_migrations_apply_status_and_rollback(project: Path, remote, d1:
     assert json.loads(out)["migrations"][-1]["state"] == "pending"
 
 
-def test_rollback_without_down_script_removes_only_the_record(write_migration, remote,
-                                                              d1: D1Api):
+def test_rollback_without_down_script_is_computed_on_d1(write_migration, remote, d1: D1Api):
     write_migration("0001_items.sql", M1)
+    write_migration("0002_tags.sql", "ALTER TABLE items ADD COLUMN tag TEXT;\n"
+                    "CREATE INDEX items_tag ON items (tag);\n"
+                    "INSERT INTO items (name) VALUES ('one');\n")
     assert remote("apply")[0] == 0
-    code, out, err = remote("rollback", "--version", "0001")
+    code, out, err = remote("rollback", "--dry-run")
+    assert code == 0, err
+    assert out.splitlines()[1:] == ['DROP INDEX IF EXISTS "items_tag";',
+                                    'ALTER TABLE "items" DROP COLUMN "tag";']
+    code, out, err = remote("rollback")
+    assert code == 0, err
+    assert "computed from the schema before it" in out
+    assert [name for _, name in d1.tracking()] == ["0001_items"]
+    assert d1.rows("SELECT name FROM pragma_table_info('items')") == [("id",), ("name",)]
+    assert d1.rows("SELECT name FROM items") == [("one",)]  # the rows stay
+    code, out, err = remote("rollback", "--version", "0001", "--record-only")
     assert code == 0, err
     assert "NOT changed" in out
-    assert d1.tracking() == []
-    assert d1.has_table("items")
+    assert d1.tracking() == [] and d1.has_table("items")
 
 
 # --------------------------------------------------------------------------
@@ -826,7 +837,7 @@ def test_rollback_503_before_d1_ran_it_is_sent_again(write_migration, remote_inp
     assert remote_inproc("apply")[0] == 0
     proxy.fault(lambda kind, body: kind == "query" and any(
         e["sql"].startswith(TRACKING_DELETE) for e in body.get("batch", [])), "503-before")
-    code, out, err = remote_inproc("rollback", "--http-retries", "2")
+    code, out, err = remote_inproc("rollback", "--http-retries", "2", "--record-only")
     assert code == 0, err
     assert "Rolled back 0001_items: removed its record only" in out
     assert d1.tracking() == []

@@ -110,10 +110,10 @@ def test_down_script_with_transaction_control_is_refused(project, run_cli, write
     assert tracking_rows(db) == before_rows
 
 
-def test_without_down_script_only_the_row_goes(project, run_cli, three_applied):
+def test_record_only_removes_the_row_alone(project, run_cli, three_applied):
     db = project / DB
     before_schema = [row for row in schema(db)]
-    code, out, err = run_cli(["rollback", "--version", "9", "--force"])
+    code, out, err = run_cli(["rollback", "--version", "9", "--force", "--record-only"])
     assert code == 0, err
     assert applied_names(db) == ["0001_initial_schema", "10_add_tags"]
     assert "posts" in tables(db)
