@@ -313,3 +313,58 @@ def test_json_lists_columns_and_foreign_keys(odd_names, run_cli):
     assert data["tables"]["child"]["foreign_keys"] == [
         {"column": "parent id", "references": "weird name-1", "on_delete": "NO ACTION"}]
     assert data["tables"]["child"]["indexes"] == ["child_parent"]
+
+
+# --------------------------------------------------------------------------
+# Drift on D1 targets: wrangler's local file and --d1-remote (the fake API)
+
+WRANGLER_TOML = ('name = "app"\n[[d1_databases]]\nbinding = "DB"\n'
+                 'database_name = "app"\n'
+                 'database_id = "00000000-0000-4000-8000-0000000000d1"\n')
+D1_SET = {
+    "0001_users.sql": "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL);\n",
+    "0002_posts.sql": "CREATE TABLE posts (id INTEGER PRIMARY KEY,"
+                      " user_id INTEGER REFERENCES users (id));\n"
+                      "CREATE INDEX posts_user ON posts (user_id);\n",
+    "0003_name.sql": "ALTER TABLE users ADD COLUMN name TEXT;\n",
+}
+
+
+def test_drift_on_wrangler_s_local_file(project, write_migration, run_cli):
+    (project / "wrangler.toml").write_text(WRANGLER_TOML)
+    for name, text in D1_SET.items():
+        write_migration(name, text)
+    target = ["--wrangler-config", "wrangler.toml"]
+    code, out, err = run_cli(["apply", *target])
+    assert code == 0, err
+    code, out, err = run_cli(["status", *target, "--exit-code"])
+    assert code == 0 and "Drift" not in out, out
+    db = apply_migrations.wrangler_database(str(project / "wrangler.toml")).db_path
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("DROP INDEX posts_user")
+        conn.commit()
+    code, out, err = run_cli(["status", *target, "--exit-code"])
+    assert code == 1
+    assert "  index posts_user (on posts): missing" in out, out
+
+
+def test_drift_on_d1_remote(project, write_migration, run_cli, monkeypatch):
+    from fake_d1 import FakeD1, remote_env
+    for name, text in D1_SET.items():
+        write_migration(name, text)
+    with FakeD1() as fake:
+        for name, value in remote_env(fake).items():
+            monkeypatch.setenv(name, value)
+        code, out, err = run_cli(["apply", "--d1-remote", "--no-bookmark"])
+        assert code == 0, err
+        code, out, err = run_cli(["status", "--d1-remote", "--json"])
+        assert code == 0, err
+        drift = json.loads(out)["drift"]
+        assert drift["checked"] is True and drift["differences"] == [], drift
+        fake.sql("ALTER TABLE users ADD COLUMN hotfix TEXT")
+        code, out, err = run_cli(["status", "--d1-remote", "--exit-code"])
+        assert code == 1
+        assert "  table users: changed" in out, out
+        # A computed rollback is refused on a drifted database.
+        code, out, err = run_cli(["rollback", "--d1-remote", "--no-bookmark"])
+        assert code == 1 and "drift" in err.lower(), err
