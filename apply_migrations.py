@@ -3178,12 +3178,55 @@ def _unquote(name: str) -> str:
     return name
 
 
+# What a statement drops, deletes from or names stands in its first words
+# (ALTER TABLE main.x RENAME TO y is ten), except after a WITH clause; so a
+# 1 MB INSERT costs a few tokens here, not a pass of three patterns.
+_HEAD_WORDS = 12
+
+
+def _head_of(statement: Statement) -> str:
+    """The words the patterns of changes_of read: the statement's first
+    words (string literals emptied, comments left out), or all of it for a
+    WITH clause or a statement that starts with no word."""
+    if statement.keyword in ("WITH", ""):
+        return _STRING.sub("''", _without_comments(statement.sql))
+    if _TRIGGER_HEAD.match(statement.sql):
+        return ""  # its body runs later, not when the migration creates it
+    sql, pos, count, pieces = statement.sql, 0, 0, []
+    while count < _HEAD_WORDS:
+        token = _HEAD_TOKEN.match(sql, pos)
+        if token is None:
+            break
+        pos, text = token.end(), token.group()
+        if text[0] in " \t\n\f\r" or text[:2] in ("--", "/*"):
+            pieces.append(" ")
+            continue
+        count += 1
+        # Tokens are kept adjacent as written, so that "a""b" stays one name.
+        pieces.append("''" if text[0] == "'" and len(text) > 1 else text)
+    return "".join(pieces)
+
+
+# Only these can drop a table or delete rows (and WITH ... DELETE).
+_MAY_TAKE_ROWS = frozenset(("DROP", "DELETE", ""))
+NO_CHANGES = Changes(frozenset(), frozenset(), frozenset())
+
+
+def _may_take_rows(statement: Statement) -> bool:
+    return statement.keyword in _MAY_TAKE_ROWS or (
+        statement.keyword == "WITH" and _DELETES.search(statement.sql) is not None)
+
+
 def changes_of(statements: Sequence[Statement]) -> Changes:
-    """What the statements drop, delete from and name (read from their text,
-    comments and string literals left out)."""
+    """What the statements drop, delete from and name (read from their
+    first words, comments and string literals left out).  Statements that
+    can neither drop nor delete make NO_CHANGES: what they name matters
+    only beside a drop or a delete, and most migrations have none."""
+    if not any(_may_take_rows(statement) for statement in statements):
+        return NO_CHANGES
     drops, deletes, names = set(), set(), set()
     for statement in statements:
-        words = _STRING.sub("''", _without_comments(statement.sql))
+        words = _head_of(statement)
         for pattern, found in ((_DROPS, drops), (_DELETES, deletes), (_NAMES, names)):
             for match in pattern.finditer(words):
                 found.add(_unquote(match.group(1)).lower())

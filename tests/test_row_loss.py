@@ -265,3 +265,35 @@ def test_the_manuals_rebuild_that_keeps_the_rows_passes_the_guard(project, run_c
         assert conn.execute("SELECT id, user_id FROM sessions ORDER BY id").fetchall() == [
             (10, 1), (20, 2)]
         assert [r[1] for r in conn.execute("PRAGMA table_info(users)")] == ["id", "email", "name"]
+
+
+CASES = [
+    ('ALTER TABLE main."a b" RENAME TO [c]', set(), set(), {"a b", "c"}),
+    ('DELETE /* a comment */ FROM "p" WHERE 1', set(), {"p"}, {"p"}),
+    ("INSERT OR REPLACE INTO t VALUES ('DROP TABLE z; DELETE FROM y')", set(), set(), {"t"}),
+    ("WITH x AS (SELECT 1) DELETE FROM q WHERE id IN x", set(), {"q"}, {"q"}),
+    ("DROP TABLE IF EXISTS main . zz", {"zz"}, set(), {"zz"}),
+    ('create table "x""y" (a)', set(), set(), {'x"y'}),
+    ("UPDATE OR IGNORE u SET a = 1", set(), set(), {"u"}),
+    # A trigger's body runs later, not when the migration creates it.
+    ("CREATE TRIGGER tr AFTER INSERT ON a BEGIN DELETE FROM b; END", set(), set(), set()),
+    # What a long statement does is read from its first words alone.
+    ("INSERT INTO big VALUES " + ", ".join("(%d, 'DELETE FROM x')" % i for i in range(5000)),
+     set(), set(), {"big"}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_what_a_statement_drops_deletes_and_names(case):
+    sql, drops, deletes, names = CASES[case]
+    # Beside a DELETE, so that what the statement names is read too.
+    changes = apply_migrations.changes_of(apply_migrations.split_sql(
+        sql + ";\nDELETE FROM other;"))
+    assert (changes.drops, changes.deletes - {"other"}, changes.names - {"other"}) == (
+        drops, deletes, names)
+
+
+def test_statements_that_cannot_take_rows_are_not_read():
+    statements = apply_migrations.split_sql(
+        "CREATE TABLE a (x);\nINSERT INTO a VALUES ('DROP TABLE b');\nUPDATE a SET x = 1;")
+    assert apply_migrations.changes_of(statements) == apply_migrations.NO_CHANGES
