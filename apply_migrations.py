@@ -174,6 +174,45 @@ CREATE TABLE IF NOT EXISTS {table} (
 SQL_READ_STATE = "SELECT applied, fingerprint FROM {table} WHERE id = 1"
 SQL_WRITE_STATE = "INSERT OR REPLACE INTO {table} (id, applied, fingerprint) VALUES (1, ?, ?)"
 SQL_TABLE_COLUMNS = "SELECT name FROM pragma_table_info(?)"
+# The history: one row per event, appended and never changed, so that the
+# tracking table (the present) keeps its layout and wrangler's stays wrangler's.
+HISTORY_TABLE = "schema_migrations_history"
+HISTORY_COLUMNS = ("id", "run", "event", "outcome", "version", "name", "checksum",
+                   "started_at", "duration_ms", "statement", "line", "error", "detail",
+                   "os_user", "host", "ci_repository", "ci_run", "ci_commit", "ci_actor")
+HISTORY_EVENTS = ("apply", "rollback", "baseline", "accept", "bookmark")
+HISTORY_OUTCOMES = ("succeeded", "failed", "interrupted")
+SQL_CREATE_HISTORY = """\
+CREATE TABLE IF NOT EXISTS {table} (
+    id            INTEGER PRIMARY KEY,
+    run           TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    outcome       TEXT NOT NULL,
+    version       TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    checksum      TEXT,
+    started_at    TEXT NOT NULL,
+    duration_ms   REAL,
+    statement     INTEGER,
+    line          INTEGER,
+    error         TEXT,
+    detail        TEXT,
+    os_user       TEXT,
+    host          TEXT,
+    ci_repository TEXT,
+    ci_run        TEXT,
+    ci_commit     TEXT,
+    ci_actor      TEXT
+)"""
+SQL_INSERT_HISTORY = (
+    "INSERT INTO {table} (" + ", ".join(HISTORY_COLUMNS[1:]) + ")"
+    " VALUES (" + ", ".join("?" * (len(HISTORY_COLUMNS) - 1)) + ")")
+SQL_SELECT_HISTORY = "SELECT " + ", ".join(HISTORY_COLUMNS) + " FROM {table}"
+# Per migration, its latest apply, rollback or baseline: what `status` tells.
+SQL_LATEST_HISTORY = (
+    SQL_SELECT_HISTORY + " WHERE id IN (SELECT max(id) FROM {table}"
+    " WHERE event IN ('apply', 'rollback', 'baseline') GROUP BY version, name)")
+SQL_SET_CHECKSUM = "UPDATE {table} SET checksum = ? WHERE version = ?"
 
 # wrangler's own record (`wrangler d1 migrations apply`), kept in step with
 # --wrangler: the same DDL, so that wrangler accepts the table as its own.
@@ -302,8 +341,10 @@ class MigrationFailed(MigrationError):
             + (f"; {note}" if note else ""))
 
     def with_note(self, note: str) -> "MigrationFailed":
-        return MigrationFailed(self.name, self.path, self.reason, self.statement,
-                               self.line, self.sql, self.action, note)
+        noted = MigrationFailed(self.name, self.path, self.reason, self.statement,
+                                self.line, self.sql, self.action, note)
+        noted.__cause__ = self.__cause__  # a database that cannot be written, say
+        return noted
 
 
 class Interrupted(MigrationError):
@@ -620,6 +661,13 @@ def quote_identifier(name: str) -> str:
 def utc_now() -> str:
     # Not time.strftime: its locale round trip costs 5 us a call, a tracking row each.
     return "%04d-%02d-%02dT%02d:%02d:%02dZ" % time.gmtime()[:6]
+
+
+def utc_ms(seconds: float) -> str:
+    """A Unix time as the history writes it: UTC, to the millisecond."""
+    whole = int(seconds)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
+        time.gmtime(whole)[:6] + (int((seconds - whole) * 1000),))
 
 
 def format_ms(ms: float) -> str:
@@ -1381,6 +1429,60 @@ class D1Settings(namedtuple(
     __slots__ = ()
 
 
+class Audit(namedtuple(
+        "Audit", "run os_user host ci_repository ci_run ci_commit ci_actor")):
+    """Who is at work, for the history: this run's random id, the operating
+    system's user and host, and in GitHub Actions (any GITHUB_* set) the
+    repository, run id, commit and actor.  Each is None when unknown.
+
+    run (str)
+    os_user, host, ci_repository, ci_run, ci_commit, ci_actor (Optional[str])
+    """
+
+    __slots__ = ()
+
+
+def audit_of(environ: Mapping[str, str]) -> Audit:
+    """The Audit of a run in this environment (an empty variable is unknown)."""
+    def first(*names: str) -> Optional[str]:
+        for name in names:
+            value = environ.get(name, "").strip()
+            if value:
+                return value
+        return None
+
+    user = first("LOGNAME", "USER", "LNAME", "USERNAME")
+    if user is None:
+        try:
+            import pwd
+            user = pwd.getpwuid(os.getuid()).pw_name or None
+        except (ImportError, KeyError, OSError, AttributeError):
+            user = None
+    host = os.uname().nodename if hasattr(os, "uname") else first("COMPUTERNAME")
+    return Audit(os.urandom(8).hex(), user, host or None, first("GITHUB_REPOSITORY"),
+                 first("GITHUB_RUN_ID"), first("GITHUB_SHA"), first("GITHUB_ACTOR"))
+
+
+_SINCE_AGO = re.compile(r"([0-9]+)([smhd])\Z")
+_SINCE_DATE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?Z?)?\Z")
+
+
+def since_of(value: str, now: float) -> str:
+    """--since as the earliest started_at to show: an ISO date or UTC time
+    (2026-12-01, 2026-12-01T08:00), or an age (90m, 24h, 7d)."""
+    text = value.strip()
+    ago = _SINCE_AGO.match(text)
+    if ago:
+        seconds = int(ago.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[ago.group(2)]
+        return utc_ms(max(0.0, now - seconds))
+    if _SINCE_DATE.match(text):
+        return text.replace(" ", "T").rstrip("Z")
+    raise ConfigurationError(
+        f"{_opt('since')} {value!r} is neither a UTC date or time (2026-12-01,"
+        " 2026-12-01T08:00) nor an age (90m, 24h, 7d)")
+
+
 class Options:
     """The resolved settings of one command (resolve_options makes them).
     What is not given keeps the default below."""
@@ -1410,6 +1512,13 @@ class Options:
     down: Optional[str] = None  # new: write the computed down script of this version
     version: Optional[str] = None
     force: bool = False
+    reason: Optional[str] = None  # accept: why the file was edited
+    event: Optional[str] = None  # history: only this event
+    outcome: Optional[str] = None  # history: only this outcome
+    since: Optional[str] = None  # history: the earliest started_at shown (resolved)
+    limit: Optional[int] = None  # history: at most this many events
+    stats: bool = False  # history: counts and durations instead of events
+    audit: Optional[Audit] = None  # who runs this, for the history
     exit_code: bool = False
     description: str = ""
     check_database: bool = False  # check: also compare with a database
@@ -1451,7 +1560,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     get = values.get
     for name in ("db_path", "migrations_dir", "wrangler_config", "database", "persist_to",
                  "wrangler_env", "wrangler_table", "api_base", "target", "version", "backup",
-                 "output", "schema_file", "down"):
+                 "output", "schema_file", "down", "reason", "since"):
         value = get(name)
         if isinstance(value, str) and not value.strip():
             raise ConfigurationError(
@@ -1459,10 +1568,18 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     # The values that pass as they are; the rest is worked out below.
     plain = ("command", "wrangler_config", "target", "allow_out_of_order", "allow_row_loss",
              "from_migrations", "schema_format", "output", "schema_file", "no_drift",
-             "allow_data_loss", "record_only", "down",
+             "allow_data_loss", "record_only", "down", "reason", "event", "outcome", "stats",
              "single_transaction", "dry_run", "backup", "version", "force", "exit_code",
              "description", "json", "quiet", "verbose")
     options = Options(**{name: get(name) for name in plain if get(name) is not None})
+    options.audit = audit_of(environ)
+    if get("since") is not None:
+        options.since = since_of(str(get("since")), time.time())
+    limit = get("limit")
+    if limit is not None:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ConfigurationError(f"{_opt('limit')} {limit!r} is not a count from 1")
+        options.limit = limit
     options.lock_timeout = check_seconds("lock_timeout", get("lock_timeout", DEFAULT_LOCK_TIMEOUT))
     options.bookmark = not get("no_bookmark")
     config = get("wrangler_config")
@@ -1654,7 +1771,28 @@ class AppliedRow(namedtuple("AppliedRow", "version name checksum applied_at dura
     __slots__ = ()
 
 
-class Record(namedtuple("Record", "own wrangler applied")):
+class HistoryEvent(namedtuple("HistoryEvent", HISTORY_COLUMNS)):
+    """One row of the history (HISTORY_TABLE), as read.
+
+    id (int): its place: later events have larger ids
+    run (str): the id of the run that wrote it (Audit.run)
+    event (str): "apply", "rollback", "baseline", "accept" or "bookmark"
+    outcome (str): "succeeded", "failed" or "interrupted"
+    version, name (str): the migration ("" for a bookmark)
+    checksum (Optional[str]): of the migration's file
+    started_at (str): UTC, to the millisecond
+    duration_ms (Optional[float]): None when unknown (on D1: only D1's answer
+        tells it, and rows are never changed)
+    statement, line (Optional[int]): where a failure happened
+    error (Optional[str]): why it failed
+    detail (Optional[str]): accept: the reason; bookmark: the bookmark
+    os_user, host, ci_repository, ci_run, ci_commit, ci_actor (Optional[str]): see Audit
+    """
+
+    __slots__ = ()
+
+
+class Record(namedtuple("Record", "own wrangler applied history", defaults=(False,))):
     """The record of a database, as read.
 
     own (Optional[Dict[Union[int, str], AppliedRow]]): by key (Migration.key);
@@ -1666,6 +1804,7 @@ class Record(namedtuple("Record", "own wrangler applied")):
         (renaming 0001_x.sql to 1_x.sql does not make it pending); under wrangler's,
         by file name, and a migration only wrangler recorded counts too, with no
         checksum.
+    history (bool): whether the history table is there (its layout checked)
     """
 
     __slots__ = ()
@@ -1677,13 +1816,16 @@ class Bookkeeping:
     wrangler's table kept, wrangler's rules hold: a migration is known by
     its file name (see Migration.key)."""
 
-    def __init__(self, wrangler_table: Optional[str] = None):
+    def __init__(self, wrangler_table: Optional[str] = None, audit: Optional[Audit] = None):
         self.table = quote_identifier(TRACKING_TABLE)
         self.wrangler_table = wrangler_table
         self.by_name = wrangler_table is not None
+        self.audit = audit or audit_of(os.environ)
         self._wrangler = quote_identifier(wrangler_table) if wrangler_table else None
         self._insert = SQL_INSERT_APPLIED.format(table=self.table)
         self._insert_wrangler = SQL_INSERT_WRANGLER.format(table=self._wrangler)
+        self._history = quote_identifier(HISTORY_TABLE)
+        self._insert_history = SQL_INSERT_HISTORY.format(table=self._history)
 
     def read(self, query: Callable[[str, tuple], List[tuple]], where: str) -> Record:
         """Read and check the record through `query` (a target's read)."""
@@ -1695,13 +1837,87 @@ class Bookkeeping:
                 applied[name] = AppliedRow(name[:-4] if name.endswith(".sql") else name,
                                            name[:-4] if name.endswith(".sql") else name, "",
                                            str(applied_at).replace(" ", "T") + "Z", 0.0)
-        return Record(own, wrangler, applied)
+        return Record(own, wrangler, applied, self._has_history(query, where))
 
-    def key(self, row: AppliedRow) -> Union[int, str]:
+    def key(self, row: Union[AppliedRow, HistoryEvent]) -> Union[int, str]:
         """What a row's migration is known by (as Migration.key)."""
         if not self.by_name and VERSION_TEXT.match(row.version):
             return int(row.version)
         return row.name + ".sql"
+
+    # -- the history: appended in the same transaction as what it tells ------------
+
+    def _has_history(self, query, where: str) -> bool:
+        columns = tuple(row[0] for row in query(SQL_TABLE_COLUMNS, (HISTORY_TABLE,)))
+        if columns and columns != HISTORY_COLUMNS:
+            raise TrackingTableError(
+                f"Table {HISTORY_TABLE} in {where} has the columns ({', '.join(columns)}),"
+                f" not the ones this tool writes; another tool or a hand edit made it."
+                " Nothing was changed, and the tool will not rewrite it: rename it (the"
+                " tool then starts a new history), or restore its layout.")
+        return bool(columns)
+
+    def _event(self, event: str, outcome: str, version: str, name: str,
+               checksum: Optional[str], started: float, duration_ms: Optional[float],
+               error: Optional[MigrationError] = None, detail: Optional[str] = None) -> Entry:
+        where: "tuple[Optional[int], Optional[int]]" = (None, None)
+        if isinstance(error, MigrationFailed):
+            where, text = (error.statement, error.line), error.reason
+        else:
+            text = None if error is None else str(error)
+        a = self.audit
+        return (self._insert_history, [
+            a.run, event, outcome, version, name, checksum, utc_ms(started),
+            None if duration_ms is None else round(duration_ms, 3), where[0], where[1], text,
+            detail, a.os_user, a.host, a.ci_repository, a.ci_run, a.ci_commit, a.ci_actor])
+
+    def _history_table(self) -> Entry:
+        return (SQL_CREATE_HISTORY.format(table=self._history), [])
+
+    def failed(self, event: str, outcome: str, version: str, name: str,
+               checksum: Optional[str], started: float, duration_ms: Optional[float],
+               error: Optional[MigrationError]) -> List[Entry]:
+        """The entries that tell of a failed or interrupted apply or
+        rollback, written after it was rolled back, in their own transaction
+        (the table is made here too: a whole run's rollback undoes its own)."""
+        return [self._history_table(),
+                self._event(event, outcome, version, name, checksum, started, duration_ms,
+                            error)]
+
+    def bookmarked(self, bookmark: str) -> List[Entry]:
+        """The entries that tell of a D1 Time Travel bookmark taken."""
+        return [self._history_table(),
+                self._event("bookmark", "succeeded", "", "", None, time.time(), None,
+                            detail=bookmark)]
+
+    def baseline(self, migration: Migration) -> List[Entry]:
+        """The entries that record `migration` as applied without running it."""
+        return self.record(migration, 0.0, "baseline")
+
+    def accept(self, row: AppliedRow, migration: Migration, reason: str) -> List[Entry]:
+        """The entries that record the edited file's checksum, and why."""
+        return [self._history_table(),
+                (SQL_SET_CHECKSUM.format(table=self.table), [migration.checksum, row.version]),
+                self._event("accept", "succeeded", row.version, row.name, migration.checksum,
+                            time.time(), None, detail=reason)]
+
+    def history(self, query: Callable[[str, tuple], List[tuple]], where: str,
+                latest: bool = False) -> List[HistoryEvent]:
+        """The history, newest first (latest: only each migration's latest
+        apply, rollback or baseline); every row checked, as the record is."""
+        if not self._has_history(query, where):
+            return []
+        sql = (SQL_LATEST_HISTORY if latest else SQL_SELECT_HISTORY) + " ORDER BY id DESC"
+        events = []
+        for raw in query(sql.format(table=self._history), ()):
+            if not _trusted_event(raw):
+                raise TrackingTableError(
+                    f"Table {HISTORY_TABLE} in {where} has a row the tool cannot have"
+                    f" written: {tuple(raw)!r}. Nothing was changed; the tool never"
+                    " rewrites its history: restore the row from a backup, or rename the"
+                    " table to start a new history.")
+            events.append(HistoryEvent(*raw))
+        return events
 
     def _read_own(self, query, where: str) -> Optional[Dict[Union[int, str], AppliedRow]]:
         columns = tuple(row[0] for row in query(SQL_TABLE_COLUMNS, (TRACKING_TABLE,)))
@@ -1754,6 +1970,8 @@ class Bookkeeping:
         synced: List[str] = []
         if record.own is None:
             entries.append((SQL_CREATE_TRACKING.format(table=self.table), []))
+        if not record.history:
+            entries.append(self._history_table())
         if self._wrangler is not None:
             if record.wrangler is None:
                 entries.append((SQL_CREATE_WRANGLER.format(table=self._wrangler), []))
@@ -1765,18 +1983,29 @@ class Bookkeeping:
                     synced.append(row.name)
         return entries, synced
 
-    def record(self, migration: Migration, duration_ms: float) -> List[Entry]:
-        """The entries that record `migration` as applied."""
-        entries: List[Entry] = [(self._insert, [
-            migration.version, migration.name, migration.checksum, utc_now(),
-            round(duration_ms, 3)])]
+    def record(self, migration: Migration, duration_ms: Optional[float],
+               event: str = "apply") -> List[Entry]:
+        """The entries that record `migration` as applied, and tell the
+        history (duration None: not known yet, see set_duration)."""
+        started = time.time() - (duration_ms or 0.0) / 1000
+        entries: List[Entry] = [
+            self._event(event, "succeeded", migration.version, migration.name,
+                        migration.checksum, started, duration_ms),
+            (self._insert, [migration.version, migration.name, migration.checksum,
+                            utc_now(), round(duration_ms or 0.0, 3)])]
         if self._wrangler is not None:
             entries.append((self._insert_wrangler, [migration.filename]))
         return entries
 
-    def forget(self, row: AppliedRow, record: Record) -> List[Entry]:
-        """The entries that remove `row`'s migration from the record."""
-        entries: List[Entry] = [(SQL_DELETE_APPLIED.format(table=self.table), [row.version])]
+    def forget(self, row: AppliedRow, record: Record,
+               duration_ms: Optional[float] = None) -> List[Entry]:
+        """The entries that remove `row`'s migration from the record, and
+        tell the history."""
+        entries: List[Entry] = [] if record.history else [self._history_table()]
+        entries += [
+            self._event("rollback", "succeeded", row.version, row.name, row.checksum or None,
+                        time.time() - (duration_ms or 0.0) / 1000, duration_ms),
+            (SQL_DELETE_APPLIED.format(table=self.table), [row.version])]
         if self._wrangler is not None and record.wrangler is not None:
             entries.append((SQL_DELETE_WRANGLER.format(table=self._wrangler),
                             [row.name + ".sql"]))
@@ -1808,6 +2037,26 @@ class Bookkeeping:
         return (SQL_SET_DURATION.format(table=self.table), [round(duration_ms, 3), version])
 
 
+def _trusted_event(raw: tuple) -> bool:
+    """Whether a history row is one this tool could have written."""
+    def text(value: object) -> bool:
+        return value is None or isinstance(value, str)
+
+    def count(value: object) -> bool:
+        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+    (id_, run, event, outcome, version, name, checksum, started_at, duration, statement,
+     line) = raw[:11]
+    return (isinstance(id_, int) and isinstance(run, str) and run != ""
+            and event in HISTORY_EVENTS and outcome in HISTORY_OUTCOMES
+            and isinstance(version, str) and isinstance(name, str)
+            and isinstance(started_at, str) and started_at != "" and text(checksum)
+            and (duration is None or (isinstance(duration, (int, float))
+                                      and not isinstance(duration, bool)
+                                      and duration == duration and duration >= 0))
+            and count(statement) and count(line) and all(text(v) for v in raw[11:]))
+
+
 def _trusted_row(raw: tuple) -> bool:
     """Whether a tracking row is one this tool could have written: an empty
     or made-up checksum would hide every later edit of its file."""
@@ -1827,7 +2076,8 @@ def _trusted_row(raw: tuple) -> bool:
 
 
 class Step(namedtuple(
-        "Step", "action version name path statements hoisted record amend settled guard")):
+        "Step", "action version name path statements hoisted record amend settled guard"
+                " checksum", defaults=(None,))):
     """One migration, or one rollback, ready to run: its statements and the
     bookkeeping that commits with them, all checked before anything runs.
 
@@ -1849,6 +2099,7 @@ class Step(namedtuple(
         runs, the statements to run before and after its own, in its transaction, that
         fail it when it would take rows from tables it does not name ("rows a
         migration must not lose", section 12).
+    checksum (Optional[str]): of the migration's file, for the history
     """
 
     __slots__ = ()
@@ -1867,6 +2118,9 @@ class Target:
         One read.
     ensure(entries)
         Run idempotent bookkeeping entries (creating the record) and commit.
+    write(entries)
+        Run bookkeeping entries in one transaction and commit, once: they
+        append (the history), so a lost answer is not sent again.
     run(step) -> duration in ms, or None
         One step and its bookkeeping, all or nothing.  None when, under the
         target's write lock, step.settled() finds it done already.
@@ -1891,6 +2145,9 @@ class Target:
         raise NotImplementedError
 
     def ensure(self, entries: List[Entry]) -> None:
+        raise NotImplementedError
+
+    def write(self, entries: List[Entry]) -> None:
         raise NotImplementedError
 
     def run(self, step: Step) -> Optional[float]:
@@ -2230,6 +2487,8 @@ class SQLiteTarget(Target):
             raise
         self._capture = True
 
+    write = ensure  # one transaction either way; nothing here is sent twice
+
     def run(self, step: Step) -> Optional[float]:
         with self._pragmas_first(step) as hoisted:
             self.db.begin()
@@ -2354,10 +2613,10 @@ class SQLiteTarget(Target):
             if db.stop_signal is not None:
                 raise _Stop(db.stop_signal, "rolled back") from None
             described = _describe_sqlite_error(exc, self.path)
-            reason = str(described) if isinstance(described, DatabaseWriteError) else str(exc)
-            raise MigrationFailed(step.name, step.path, reason, number,
-                                  statement.line, statement.sql,  # type: ignore[union-attr]
-                                  action=step.action) from exc
+            unwritable = isinstance(described, DatabaseWriteError)
+            raise MigrationFailed(step.name, step.path, str(described if unwritable else exc),
+                                  number, statement.line, statement.sql,  # type: ignore
+                                  action=step.action) from (described if unwritable else exc)
         finally:
             db.running = None
 
@@ -2702,9 +2961,13 @@ class D1Target(Target):
         self._check_stop(None)
         self.client.batch(entries, idempotent=True)
 
+    def write(self, entries: List[Entry]) -> None:
+        self._check_stop(None)  # after a stop, nothing more is sent
+        self.client.batch(entries)
+
     def run(self, step: Step) -> Optional[float]:
         guard = step.guard(self.query)
-        entries = guard.before + self._entries(step) + guard.after + step.record(0.0)
+        entries = guard.before + self._entries(step) + guard.after + step.record(None)
         for attempt in range(self.client.retries + 1):
             self._check_stop("not sent")
             try:
@@ -2749,7 +3012,7 @@ class D1Target(Target):
             # The schema as it is now: references that earlier steps of this
             # batch create are not seen (the batch cannot be read midway).
             guard = step.guard(self.query)
-            owns.append((guard.before + self._entries(step) + guard.after + step.record(0.0),
+            owns.append((guard.before + self._entries(step) + guard.after + step.record(None),
                          guard))
             entries += owns[-1][0]
         self._check_stop("not sent")
@@ -4130,7 +4393,7 @@ class Migrator:
 
     def bookkeeping_tables(self) -> List[str]:
         """The tables that are the record, not the schema."""
-        return [TRACKING_TABLE, WRANGLER_TABLE, STATE_TABLE] + (
+        return [TRACKING_TABLE, WRANGLER_TABLE, STATE_TABLE, HISTORY_TABLE] + (
             [self.book.wrangler_table] if self.book.wrangler_table else [])
 
     def drift(self) -> Drift:
@@ -4406,7 +4669,7 @@ class _Run:
                     _leading_foreign_keys(statements),
                     lambda ms: self.book.record(migration, ms),
                     lambda ms: [self.book.set_duration(migration.version, ms)], settled,
-                    self._guard(statements))
+                    self._guard(statements), migration.checksum)
 
     def rollback_step(self, row: AppliedRow, record: Record, version: Optional[str],
                       force: bool) -> Step:
@@ -4438,8 +4701,8 @@ class _Run:
 
         return Step("roll back", row.version, row.name, path if exists else None, statements,
                     _leading_foreign_keys(statements),
-                    lambda ms: self.book.forget(row, record), lambda ms: [], settled,
-                    self._guard(statements))
+                    lambda ms: self.book.forget(row, record, ms), lambda ms: [], settled,
+                    self._guard(statements), row.checksum or None)
 
     def _computed(self, row: AppliedRow, record: Record) -> List[Tuple[int, Statement]]:
         """A rollback without a down script: computed (compute_rollback)."""
@@ -4460,27 +4723,53 @@ class _Run:
 
     def run(self, step: Step, index: int, done: str) -> None:
         """One step through the target, and its outcome reported."""
+        started, clock = time.time(), time.perf_counter()
         try:
             duration = self.db.run(step)
         except _Stop as stop:
             if stop.state in _STOP_RESULTS:
-                self.report(step, index, _STOP_RESULTS[stop.state], None)
+                self.report(step, index, _STOP_RESULTS[stop.state], None,
+                            started=(started, clock))
             raise
         except MigrationError as exc:
-            self.report(step, index, FAILED, None, exc)
+            self.report(step, index, FAILED, None, exc, started=(started, clock))
             raise
         self.report(step, index, done if duration is not None else SKIPPED, duration)
 
     def report(self, step: Step, index: int, result: str, duration_ms: Optional[float],
-               error: Optional[MigrationError] = None) -> None:
-        """The one place an outcome becomes known: the report keeps it, and
-        on_outcome hears of it."""
-        outcome = Outcome("apply" if step.action == "apply" else "rollback", result,
-                          step.version, step.name, step.path, index, self.report_.planned,
-                          duration_ms, error)
+               error: Optional[MigrationError] = None,
+               started: "Optional[tuple[float, float]]" = None) -> None:
+        """The one place an outcome becomes known: the report keeps it,
+        on_outcome hears of it, and the history gets what no transaction
+        of the step could tell it (a failure, an interruption).  `started`:
+        when the step began, as time.time() and time.perf_counter()."""
+        action = "apply" if step.action == "apply" else "rollback"
+        outcome = Outcome(action, result, step.version, step.name, step.path, index,
+                          self.report_.planned, duration_ms, error)
         self.report_.outcomes.append(outcome)
+        # A database that cannot be written (locked, full, read-only) cannot
+        # take the history either: trying would only wait out the lock again.
+        unwritable = (DatabaseWriteError, DatabaseConnectError)
+        if (result in (FAILED, INTERRUPTED) and not self.report_.dry_run
+                and not isinstance(error, unwritable)
+                and not isinstance(getattr(error, "__cause__", None), unwritable)):
+            when, clock = started or (time.time(), None)
+            self._tell_history(self.book.failed(
+                action, "failed" if result == FAILED else "interrupted", step.version,
+                step.name, step.checksum, when,
+                None if clock is None else (time.perf_counter() - clock) * 1000, error))
         if self.migrator.on_outcome is not None:
             self.migrator.on_outcome(outcome)
+
+    def _tell_history(self, entries: List[Entry]) -> None:
+        """Write history entries in their own transaction.  A failure to do
+        so is a warning: it must not hide what the run did."""
+        try:
+            self.db.write(entries)
+        except _Stop:
+            pass  # remote, after a stop: nothing more is sent
+        except (MigrationError, sqlite3.Error) as exc:
+            self._warn(f"The history of {self.db.name} could not be written: {exc}")
 
     def known(self, record: Record) -> bool:
         return schema_known(self.db.query, self.book, record, self.migrator.bookkeeping_tables())
@@ -4528,6 +4817,7 @@ class _Run:
             report.restore_hint = self.db.restore_hint(report.bookmark)  # type: ignore
             if tell is not None:
                 tell("bookmark", report.bookmark)
+            self._tell_history(self.book.bookmarked(report.bookmark))
 
 
 def _plural(count: int, word: str) -> str:

@@ -425,8 +425,10 @@ def schema_of(db):
     try:
         return conn.execute(
             "SELECT type, name, tbl_name, sql FROM sqlite_master"
-            # The tool's note of the schema it left is its record, not schema.
-            " WHERE name <> 'schema_migrations_state' ORDER BY type, name").fetchall()
+            # The tool's note of the schema it left and its history are its
+            # record, not schema.
+            " WHERE name NOT IN ('schema_migrations_state', 'schema_migrations_history')"
+            " ORDER BY type, name").fetchall()
     finally:
         conn.close()
 

@@ -87,6 +87,8 @@ def stop_d1_api(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+HISTORY_TABLE = "schema_migrations_history"
+
 class D1ApiError(Exception):
     def __init__(self, status: int, payload: object):
         self.status = status
@@ -150,17 +152,27 @@ class D1Api:
             return []
         return [r[0] for r in self.rows("SELECT name FROM d1_migrations ORDER BY id")]
 
-    def dump(self) -> dict:
+    def dump(self, history: bool = False) -> dict:
         """Everything a test could see change: the schema, and every row of
-        every user table."""
-        schema = self.rows("SELECT type, name, tbl_name, sql FROM sqlite_master"
-                           " WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"
-                           " ORDER BY type, name")
+        every user table.  The tool's history grows with every attempt, by
+        design, so it is left out unless asked for (see history())."""
+        schema = [row for row in self.rows(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master"
+            " WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\' ORDER BY type, name")
+            if history or row[2] != HISTORY_TABLE]
         data = {}
         for table in self.tables():
+            if table == HISTORY_TABLE and not history:
+                continue
             quoted = '"' + table.replace('"', '""') + '"'
             data[table] = sorted(self.rows(f"SELECT * FROM {quoted}"), key=repr)
         return {"schema": schema, "data": data}
+
+    def history(self) -> List[tuple]:
+        """(event, outcome, name) of each row of the tool's history, oldest first."""
+        if not self.has_table(HISTORY_TABLE):
+            return []
+        return self.rows(f"SELECT event, outcome, name FROM {HISTORY_TABLE} ORDER BY id")
 
     def wipe(self) -> None:
         """Drop every user object (tracking tables included) in one batch:

@@ -20,29 +20,31 @@ def connect_ro(db: PathLike) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
-# The tool's note of the schema it left (for `status`'s drift check): part of
-# its record, not of the schema the tests look at.
+# The tool's note of the schema it left (for `status`'s drift check) and its
+# history: part of its record, not of the schema the tests look at.
 STATE_TABLE = "schema_migrations_state"
+HISTORY_TABLE = "schema_migrations_history"
 
 
 def tables(db: PathLike) -> List[str]:
     """User tables (and the tracking table), sorted; no sqlite_* tables and
-    not the tool's schema note."""
+    not the tool's schema note or history."""
     with closing(connect_ro(db)) as conn:
         return sorted(
             r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
-                " AND name NOT LIKE 'sqlite_%' AND name <> ?", (STATE_TABLE,)
+                " AND name NOT LIKE 'sqlite_%' AND name NOT IN (?, ?)",
+                (STATE_TABLE, HISTORY_TABLE)
             )
         )
 
 
 def schema(db: PathLike) -> List[Tuple]:
-    """Every row of sqlite_master but the tool's schema note, sorted."""
+    """Every row of sqlite_master but the tool's schema note and history, sorted."""
     with closing(connect_ro(db)) as conn:
         return sorted(
             conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"
-                         " WHERE name <> ?", (STATE_TABLE,)),
+                         " WHERE name NOT IN (?, ?)", (STATE_TABLE, HISTORY_TABLE)),
             key=repr,
         )
 

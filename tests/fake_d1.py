@@ -160,6 +160,8 @@ def sleep(seconds: float, match=None) -> Action:
 
 # ---------------------------------------------------------------------------
 
+HISTORY_TABLE = "schema_migrations_history"
+
 class FakeD1:
     """A fake D1 database behind the D1 HTTP API (see the module docstring)."""
 
@@ -461,14 +463,25 @@ class FakeD1:
         return ([r[0] for r in self.rows("SELECT name FROM d1_migrations ORDER BY id")]
                 if self.has_table("d1_migrations") else [])
 
-    def dump(self) -> dict:
-        schema = self.rows("SELECT type, name, tbl_name, sql FROM sqlite_master"
-                           f" WHERE {self._USER} ORDER BY type, name")
+    def dump(self, history: bool = False) -> dict:
+        """The schema and every row; the tool's history (which grows with
+        every attempt, by design) only when asked for."""
+        schema = [row for row in self.rows("SELECT type, name, tbl_name, sql FROM sqlite_master"
+                                           f" WHERE {self._USER} ORDER BY type, name")
+                  if history or row[2] != HISTORY_TABLE]
         data = {}
         for table in self.tables():
+            if table == HISTORY_TABLE and not history:
+                continue
             quoted = '"' + table.replace('"', '""') + '"'
             data[table] = sorted(self.rows(f"SELECT * FROM {quoted}"), key=repr)
         return {"schema": schema, "data": data}
+
+    def history(self) -> List[tuple]:
+        """(event, outcome, name) of each row of the tool's history, oldest first."""
+        if not self.has_table(HISTORY_TABLE):
+            return []
+        return self.rows(f"SELECT event, outcome, name FROM {HISTORY_TABLE} ORDER BY id")
 
     def wipe(self) -> None:
         """Start again from an empty database (a new file)."""

@@ -25,14 +25,15 @@ def _dump(db):
     try:
         schema = conn.execute(
             "SELECT type, name, tbl_name, sql FROM sqlite_master"
-            " WHERE name <> 'schema_migrations_state' ORDER BY type, name").fetchall()
+            " WHERE name NOT IN ('schema_migrations_state', 'schema_migrations_history')"
+            " ORDER BY type, name").fetchall()
         tracking = conn.execute(
             'SELECT version, name, checksum FROM "schema_migrations" ORDER BY version').fetchall()
         data = {}
         for (table,) in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
                 " AND name NOT IN ('schema_migrations', 'schema_migrations_state',"
-                " 'sqlite_sequence') ORDER BY name"):
+                " 'schema_migrations_history', 'sqlite_sequence') ORDER BY name"):
             data[table] = conn.execute('SELECT * FROM "%s" ORDER BY 1' % table).fetchall()
         return schema, tracking, data
     finally:

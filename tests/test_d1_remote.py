@@ -33,8 +33,10 @@ pytestmark = pytest.mark.wrangler
 # Distinctive, so that any appearance in the output is the token and nothing else.
 TOKEN = "d1tok-7Q2xVf9-SECRET-Lm4Kp8-zz91"
 WRONG_TOKEN = "d1tok-WRONG-3Hh6Rr1-Nn0Bb5-qq27"
-TRACKING_INSERT = 'INSERT INTO "schema_migrations"'
-TRACKING_DELETE = 'DELETE FROM "schema_migrations"'
+# The space: "schema_migrations_history" is another table.
+TRACKING_INSERT = 'INSERT INTO "schema_migrations" '
+TRACKING_DELETE = 'DELETE FROM "schema_migrations" '
+HISTORY_INSERT = 'INSERT INTO "schema_migrations_history" '
 PROBE_MARK = "rolled back on purpose"  # the tool's always-failing last entry
 
 
@@ -362,9 +364,11 @@ def test_bundled_migrations_apply_status_and_rollback(project: Path, remote, d1:
     assert result["schema_changed"] is True and result["statements"] == len(latest_tables)
     assert set(d1.tables()) & set(tables) == set(tables) - set(latest_tables)
     assert latest not in [name for _, name in d1.tracking()]
-    sent = proxy.batches()[before:]
+    # (besides the history's row of the bookmark, in a batch of its own)
+    sent = [b for b in proxy.batches()[before:] if not b[-1].startswith(HISTORY_INSERT)]
     assert len(sent) == 1, sent
-    assert sent[0][:-1] == [f"DROP TABLE IF EXISTS {t};" for t in reversed(latest_tables)]
+    assert sent[0][:-2] == [f"DROP TABLE IF EXISTS {t};" for t in reversed(latest_tables)]
+    assert sent[0][-2].startswith(HISTORY_INSERT)
     assert sent[0][-1].startswith(TRACKING_DELETE)
 
     code, out, err = remote("status", "--json")
@@ -428,9 +432,9 @@ def test_trigger_heavy_crlf_migration_applies_and_fires(write_migration, remote,
     assert sorted(r[0] for r in d1.rows(
         "SELECT name FROM sqlite_master WHERE type = 'trigger'")) == [
         "accounts_audit", "accounts_new"]
-    # one statement per batch entry: 5 statements + the tracking row
+    # one statement per batch entry: 5 statements + the history's row and the tracking row
     (batch,) = [b for b in proxy.batches() if b[-1].startswith(TRACKING_INSERT)]
-    assert len(batch) == 6
+    assert len(batch) == 7
     # the trigger goes whole, its body's delimiters upper-cased for D1's
     # splitter and nothing else changed (same text apart from case, CRLF kept)
     assert batch[2].startswith("create trigger accounts_audit after update of balance on accounts\r\nBEGIN\r\n")
@@ -502,9 +506,11 @@ def test_failure_mid_batch_leaves_d1_unchanged(write_migration, remote, d1: D1Ap
     assert d1.dump() == applied_state
     assert [v for v, _ in d1.tracking()] == ["0001", "0002"]
     assert not d1.has_table("bad_a") and not d1.has_table("bad_b")
-    # 0003 was sent once as one batch, with its tracking row
+    # 0003 was sent once as one batch, with its history and tracking rows
     (sent,) = proxy.migration_sends("0003")
-    assert len(sent["body"]["batch"]) == 5
+    assert len(sent["body"]["batch"]) == 6
+    # and the history tells of its failure (after the bookmark, and the two applied)
+    assert d1.history()[-1] == ("apply", "failed", "0003_bad")
 
     # the same with --json: the error names statement and line
     code, out, err = remote("apply", "--json")
@@ -615,7 +621,7 @@ def test_whole_file_transaction_wrapper_is_removed(write_migration, remote, d1: 
     (sent,) = proxy.migration_sends("0001")
     sqls = [e["sql"] for e in sent["body"]["batch"]]
     assert sqls[:2] == ["CREATE TABLE w (a);", "INSERT INTO w VALUES (1);"]
-    assert len(sqls) == 3
+    assert len(sqls) == 4  # and the history's row, and the tracking row
 
 
 # --------------------------------------------------------------------------
@@ -884,8 +890,9 @@ def test_wrangler_table_kept_in_step_remotely(write_migration, remote, d1: D1Api
     assert not d1.has_table("tags")
     sent = proxy.batches()[-1]
     assert sent[0] == "DROP TABLE tags;"
-    assert sent[1].startswith(TRACKING_DELETE)
-    assert sent[2].startswith('DELETE FROM "d1_migrations"')
+    assert sent[1].startswith(HISTORY_INSERT)
+    assert sent[2].startswith(TRACKING_DELETE)
+    assert sent[3].startswith('DELETE FROM "d1_migrations"')
 
     # a failing migration leaves no row in either table (0002 applies again first)
     write_migration("0003_bad.sql", M3_BAD)

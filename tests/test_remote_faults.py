@@ -38,8 +38,10 @@ from fake_d1 import FakeD1, drop, rate_limited, remote_env, respond
 
 # Distinctive, so that any appearance in the output is the token and nothing else.
 TOKEN = "d1tok-Fk93QzR7-SECRET-wV2mL8pX"
-TRACKING_INSERT = 'INSERT INTO "schema_migrations"'
-TRACKING_DELETE = 'DELETE FROM "schema_migrations"'
+# The space: "schema_migrations_history" is another table.
+TRACKING_INSERT = 'INSERT INTO "schema_migrations" '
+TRACKING_DELETE = 'DELETE FROM "schema_migrations" '
+HISTORY_INSERT = 'INSERT INTO "schema_migrations_history" '
 PROBE_MARK = "rolled back on purpose"  # the tool's always-failing last entry of a probe
 
 M1 = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n"

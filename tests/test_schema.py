@@ -91,7 +91,7 @@ def differences_from_replay(db: Path, project: Path, names: List[str]) -> list:
     with closing(sqlite3.connect(str(db))) as conn:
         actual = apply_migrations.read_schema(
             lambda sql, params: conn.execute(sql, params).fetchall(),
-            ["schema_migrations", "schema_migrations_state"])
+            ["schema_migrations", "schema_migrations_state", "schema_migrations_history"])
     return [(kind, o.type, o.name) for kind, o in actual.differences(expected)]
 
 

@@ -555,7 +555,7 @@ def user_schema(db: Path) -> List[tuple]:
         "SELECT type, name, tbl_name, sql FROM sqlite_master"
         " WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!' AND substr(name, 1, 4) <> '_cf_'"
         " AND tbl_name NOT IN ('d1_migrations', 'schema_migrations',"
-        " 'schema_migrations_state')")), key=repr)
+        " 'schema_migrations_state', 'schema_migrations_history')")), key=repr)
 
 
 def user_data(db: Path) -> Dict[str, List[tuple]]:
