@@ -1560,7 +1560,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     get = values.get
     for name in ("db_path", "migrations_dir", "wrangler_config", "database", "persist_to",
                  "wrangler_env", "wrangler_table", "api_base", "target", "version", "backup",
-                 "output", "schema_file", "down", "reason", "since"):
+                 "output", "schema_file", "down", "since"):
         value = get(name)
         if isinstance(value, str) and not value.strip():
             raise ConfigurationError(
@@ -1676,6 +1676,8 @@ SKIPPED = "skipped"  # another process applied (or rolled back) it meanwhile
 UNKNOWN = "unknown"  # remote: sent, no answer; D1 ran it wholly or not at all
 NOT_SENT = "not sent"  # remote: the stop came before it was sent
 ROLLED_BACK = "rolled back"  # a rollback: its down script ran and its record is gone
+BASELINED = "baselined"  # recorded as applied without running (baseline)
+ACCEPTED = "accepted"  # its edited file's checksum recorded (accept)
 
 
 class Outcome(namedtuple(
@@ -1728,6 +1730,10 @@ class RunReport:
         self.subject: "tuple[str, str]" = ("", "")  # rollback: version and name of the migration
         self.down_script: Optional[str] = None  # rollback: the down script's path
         self.sql = ""  # rollback: what runs (or, in a dry run, would)
+        self.checksums: "tuple[str, str]" = ("", "")  # accept: the recorded one, the file's
+        # accept: how the schema the applied migrations make now differs from the
+        # database's ([]: it does not; None: it cannot be told, see warnings)
+        self.schema_effect: Optional[List[str]] = None
         self.error: Optional[MigrationError] = None
         self.started = time.perf_counter()
         self.elapsed_ms = 0.0
@@ -1891,8 +1897,9 @@ class Bookkeeping:
                             detail=bookmark)]
 
     def baseline(self, migration: Migration) -> List[Entry]:
-        """The entries that record `migration` as applied without running it."""
-        return self.record(migration, 0.0, "baseline")
+        """The entries that record `migration` as applied without running it
+        (no duration: nothing ran)."""
+        return self.record(migration, None, "baseline")
 
     def accept(self, row: AppliedRow, migration: Migration, reason: str) -> List[Entry]:
         """The entries that record the edited file's checksum, and why."""
@@ -2035,6 +2042,50 @@ class Bookkeeping:
         """The entry that corrects a recorded duration (a remote target learns
         it only from D1's answer)."""
         return (SQL_SET_DURATION.format(table=self.table), [round(duration_ms, 3), version])
+
+
+class HistoryStats(namedtuple(
+        "HistoryStats", "version name applies failures interruptions rollbacks success_rate"
+                        " median_ms slowest_ms")):
+    """What the history says of one migration (or, with name "", of all).
+
+    version, name (str)
+    applies, failures, interruptions, rollbacks (int): succeeded applies,
+        failed ones, interrupted ones, succeeded rollbacks
+    success_rate (Optional[float]): applies / (applies + failures); None: never tried
+    median_ms, slowest_ms (Optional[float]): of the succeeded applies with a duration
+    """
+
+    __slots__ = ()
+
+
+def history_stats(events: Sequence[HistoryEvent]
+                  ) -> "tuple[List[HistoryStats], HistoryStats]":
+    """Per migration (in number order) and overall: counts, success rate,
+    and the median and slowest duration of applies."""
+    def stats(version: str, name: str, group: List[HistoryEvent]) -> HistoryStats:
+        applies = [e for e in group if e.event == "apply" and e.outcome == "succeeded"]
+        failures = sum(1 for e in group if e.event == "apply" and e.outcome == "failed")
+        interruptions = sum(1 for e in group
+                            if e.event == "apply" and e.outcome == "interrupted")
+        rollbacks = sum(1 for e in group if e.event == "rollback" and e.outcome == "succeeded")
+        tried = len(applies) + failures
+        durations = sorted(e.duration_ms for e in applies if e.duration_ms is not None)
+        middle = len(durations) // 2
+        median = None if not durations else (
+            durations[middle] if len(durations) % 2 else
+            (durations[middle - 1] + durations[middle]) / 2)
+        return HistoryStats(version, name, len(applies), failures, interruptions, rollbacks,
+                            len(applies) / tried if tried else None, median,
+                            durations[-1] if durations else None)
+
+    groups: Dict["tuple[str, str]", List[HistoryEvent]] = {}
+    for event in events:
+        if event.event in ("apply", "rollback"):
+            groups.setdefault((event.version, event.name), []).append(event)
+    order = sorted(groups, key=lambda k: (_number_of(k[1]) is None, _number_of(k[1]) or 0, k[1]))
+    every = [e for group in groups.values() for e in group]
+    return [stats(v, n, groups[(v, n)]) for v, n in order], stats("", "", every)
 
 
 def _trusted_event(raw: tuple) -> bool:
@@ -3149,7 +3200,8 @@ class D1Target(Target):
 
 
 class MigrationStatus(namedtuple(
-        "MigrationStatus", "version name path state checksum applied_at duration_ms")):
+        "MigrationStatus", "version name path state checksum applied_at duration_ms last",
+        defaults=(None,))):
     """One migration as status shows it.
 
     version (str)
@@ -3159,6 +3211,8 @@ class MigrationStatus(namedtuple(
     checksum (str): the file's, or the recorded one when the file is gone
     applied_at (Optional[str]): None unless applied
     duration_ms (Optional[float])
+    last (Optional[HistoryEvent]): the history's latest apply, rollback or
+        baseline of it (None: none, or no history)
     """
 
     __slots__ = ()
@@ -3185,7 +3239,8 @@ def plan_migrations(migrations: List[Migration], applied: Dict[Union[int, str], 
             "Applied migrations were modified since they were applied:"
             f" {', '.join(m.name for m in modified)}. {done[:1].upper() + done[1:]}. Restore"
             " each file as it was applied (git checkout -- <file>) and put the"
-            " change in a new migration; `status` lists them as modified.")
+            " change in a new migration, or, if the edit was meant (a comment, say),"
+            " record it: accept VERSION --reason TEXT. `status` lists them as modified.")
     pending = [m for m in migrations if m.key not in applied]
     if wrangler:
         # As wrangler: its order of what is pending (see wrangler_order).
@@ -3255,24 +3310,26 @@ def _leading_foreign_keys(statements: List[Tuple[int, Statement]]) -> int:
 
 
 def status_of(migrations: List[Migration], applied: Dict[Union[int, str], AppliedRow],
-              wrangler: bool = False) -> List[MigrationStatus]:
+              wrangler: bool = False, latest: Optional[Dict[Union[int, str], HistoryEvent]] = None
+              ) -> List[MigrationStatus]:
     """Each migration's state, files and records merged: in number order, or
     under wrangler's rules the files in wrangler's order, then records whose
-    file is gone."""
+    file is gone.  `latest`: each migration's latest event in the history."""
     applied = dict(applied)
+    latest = latest or {}
     result = []
     for m in migrations:
         row = applied.pop(m.key, None)
         if row is None:
             result.append(MigrationStatus(m.version, m.name, m.path, "pending",
-                                          m.checksum, None, None))
+                                          m.checksum, None, None, latest.get(m.key)))
         else:
             state = "applied" if row.checksum in ("", m.checksum) else "modified"
-            result.append(MigrationStatus(m.version, m.name, m.path, state,
-                                          m.checksum, row.applied_at, row.duration_ms))
-    for row in applied.values():
-        result.append(MigrationStatus(row.version, row.name, None, "missing",
-                                      row.checksum, row.applied_at, row.duration_ms))
+            result.append(MigrationStatus(m.version, m.name, m.path, state, m.checksum,
+                                          row.applied_at, row.duration_ms, latest.get(m.key)))
+    for key, row in applied.items():
+        result.append(MigrationStatus(row.version, row.name, None, "missing", row.checksum,
+                                      row.applied_at, row.duration_ms, latest.get(key)))
 
     def order(s: MigrationStatus) -> tuple:
         return row_order(AppliedRow(s.version, s.name, "", "", 0.0), wrangler)
@@ -4375,9 +4432,32 @@ class Migrator:
         """Every migration's state, files and records merged (of `migrations`,
         default: the folder's).  Read-only: a missing database stays missing,
         and no table is created."""
-        applied = self.read().applied if self.target.open("read") else {}
+        applied: Dict[Union[int, str], AppliedRow] = {}
+        latest: Dict[Union[int, str], HistoryEvent] = {}
+        if self.target.open("read"):
+            record = self.read()
+            applied = record.applied
+            if record.history:
+                for event in self.book.history(self.target.query, self.target.name, latest=True):
+                    latest.setdefault(self.book.key(event), event)
         return status_of(self.migrations() if migrations is None else migrations, applied,
-                         self.book.by_name)
+                         self.book.by_name, latest)
+
+    def history(self, version: Optional[str] = None, event: Optional[str] = None,
+                outcome: Optional[str] = None, since: Optional[str] = None,
+                limit: Optional[int] = None) -> List[HistoryEvent]:
+        """The history's events, newest first: of one migration (`version`
+        as rollback takes it), of one event and outcome, started at `since`
+        (an ISO UTC time) or later; at most `limit`.  Read-only: [] when
+        there is no database or no history."""
+        if not self.target.open("read"):
+            return []
+        events = [e for e in self.book.history(self.target.query, self.target.name)
+                  if (version is None or _names(version, e.name))
+                  and (event is None or e.event == event)
+                  and (outcome is None or e.outcome == outcome)
+                  and (since is None or e.started_at >= since)]
+        return events if limit is None else events[:limit]
 
     def schema(self, from_migrations: bool = False) -> Schema:
         """The database's schema, or (from_migrations) the schema that all the
@@ -4516,6 +4596,141 @@ class Migrator:
             self._check_stop()
             run.run(step, 1, ROLLED_BACK)
             if known and report.having(ROLLED_BACK):
+                run.note_schema()
+        return report
+
+    def baseline(self, version: Optional[str] = None, force: bool = False) -> RunReport:
+        """Record the migrations up to `version` (default: all) as applied
+        without running them, for a database that already has their effect
+        (built by hand, or by another tool).  Refused, unless force, when the
+        database's schema is not the one those migrations make, or when that
+        cannot be told: a baseline must not hide a missing table."""
+        report = self._new_report("baseline")
+        with self._ending(report, lambda stop: Interrupted(stop.signum, action="baseline")):
+            migrations = self.scan("Nothing was recorded.").migrations
+            if not self.target.open("change"):
+                raise MigrationError(
+                    f"Database {self.target.name} does not exist; baseline records migrations"
+                    " as applied in a database that already has their effect. Nothing was"
+                    " recorded.")
+            record = self.read()
+            if version is None:
+                if not migrations:
+                    raise MigrationError(f"No migrations in {self.migrations_dir}; nothing to"
+                                         " baseline")
+                chosen = migrations[-1]
+            else:
+                found = find_migration(version, migrations)
+                if found is None:
+                    raise MigrationError(f"Migration {version} not found in"
+                                         f" {self.migrations_dir}; nothing was recorded")
+                chosen = found
+                if chosen.key in record.applied:
+                    raise MigrationError(
+                        f"Migration {chosen.name} is already applied; nothing was recorded."
+                        " baseline records migrations that are pending")
+            upto = migrations[:migrations.index(chosen) + 1]
+            todo = [m for m in upto if m.key not in record.applied]
+            if not todo:
+                raise MigrationError(f"Every migration up to {chosen.name} is already applied;"
+                                     " nothing to baseline")
+            matches = self._has_effect_of(upto, chosen, force)
+            entries, report.synced = self.book.ensure(record)
+            for m in todo:
+                entries += self.book.baseline(m)
+            report.planned = len(todo)
+            try:
+                self.target.write(entries)
+            except (sqlite3.IntegrityError, D1Error) as exc:
+                raise MigrationError(
+                    f"Recording the baseline in {self.target.name} failed ({exc}): another"
+                    " process may have applied one of these migrations meanwhile. Run"
+                    " status, then baseline again.") from None
+            run = _Run(self, report)
+            for index, m in enumerate(todo, 1):
+                run.report(_event_step("baseline", m), index, BASELINED, None)
+            if matches:
+                run.note_schema()
+        return report
+
+    def _has_effect_of(self, upto: List[Migration], chosen: Migration, force: bool) -> bool:
+        """Whether the database's schema is the one `upto` makes; raises
+        (unless force) when it is not, or cannot be told."""
+        try:
+            expected = replay_schema(upto)
+        except MigrationFailed as exc:
+            if force:
+                return False
+            raise MigrationError(
+                f"Cannot tell whether {self.target.name} has the effect of the migrations up"
+                f" to {chosen.name}: replaying them in memory failed ({exc}). Nothing was"
+                f" recorded; pass {_opt('force')} to record them anyway.") from None
+        actual = read_schema(self.target.query, self.bookkeeping_tables())
+        differences = actual.differences(expected)
+        if differences and not force:
+            words = {"not created by any migration": "not made by these migrations"}
+            shown = [f"{o.type} {o.name}: {words.get(kind, kind)}" for kind, o in differences]
+            more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
+            raise MigrationError(
+                f"The schema of {self.target.name} is not the one the migrations up to"
+                f" {chosen.name} make ({'; '.join(shown[:5])}{more}); nothing was recorded."
+                " Bring the database in line, baseline an earlier version, or pass"
+                f" {_opt('force')} to record them anyway.")
+        return not differences
+
+    def accept(self, version: str, reason: str) -> RunReport:
+        """Record the checksum of an applied migration whose file was edited
+        on purpose, and the reason, in the history: status stops reporting
+        it as modified.  report.schema_effect says whether the applied
+        migrations, as their files now are, still make the database's schema."""
+        report = self._new_report("accept")
+        with self._ending(report, lambda stop: Interrupted(stop.signum, action="accept")):
+            if not reason or not reason.strip():
+                raise ConfigurationError(
+                    f"{_opt('reason')} is empty: say why the file was edited; it goes into"
+                    " the history")
+            migrations = self.scan("Nothing was accepted.").migrations
+            if not self.target.open("change"):
+                raise MigrationError(f"Database {self.target.name} does not exist; nothing to"
+                                     " accept")
+            record = self.read()
+            migration = find_migration(version, migrations)
+            if migration is None:
+                row = find_migration(version, list(record.applied.values()))
+                if row is not None:
+                    raise MigrationError(
+                        f"The file of {row.name} is gone from {self.migrations_dir}: accept"
+                        " records the checksum of an edited file, so there is nothing to"
+                        " accept. Restore the file, or roll the migration back.")
+                raise MigrationError(f"Migration {version} not found in {self.migrations_dir};"
+                                     " nothing was accepted")
+            row = record.applied.get(migration.key)
+            if row is None:
+                raise MigrationError(f"Migration {migration.name} is not applied; nothing to"
+                                     " accept (apply runs the file as it is now)")
+            if not row.checksum:
+                raise MigrationError(f"Migration {migration.name} was recorded by wrangler"
+                                     " alone, with no checksum; nothing to accept")
+            if row.checksum == migration.checksum:
+                raise MigrationError(
+                    f"Migration {migration.name} is not modified: its file has the recorded"
+                    " checksum; nothing to accept")
+            report.subject = (row.version, row.name)
+            report.checksums = (row.checksum, migration.checksum)
+            applied = [m for m in migrations if m.key in record.applied]
+            try:
+                expected = replay_schema(applied)
+                actual = read_schema(self.target.query, self.bookkeeping_tables())
+                report.schema_effect = [f"{o.type} {o.name}: {kind}"
+                                        for kind, o in actual.differences(expected)]
+            except MigrationFailed as exc:
+                report.warnings.append(f"Cannot tell what the edit changes in the schema:"
+                                       f" replaying the applied migrations failed ({exc})")
+            report.planned = 1
+            self.target.write(self.book.accept(row, migration, reason.strip()))
+            run = _Run(self, report)
+            run.report(_event_step("accept", migration), 1, ACCEPTED, None)
+            if report.schema_effect == []:
                 run.note_schema()
         return report
 
@@ -4743,7 +4958,7 @@ class _Run:
         on_outcome hears of it, and the history gets what no transaction
         of the step could tell it (a failure, an interruption).  `started`:
         when the step began, as time.time() and time.perf_counter()."""
-        action = "apply" if step.action == "apply" else "rollback"
+        action = {"apply": "apply", "roll back": "rollback"}.get(step.action, step.action)
         outcome = Outcome(action, result, step.version, step.name, step.path, index,
                           self.report_.planned, duration_ms, error)
         self.report_.outcomes.append(outcome)
@@ -4822,6 +5037,21 @@ class _Run:
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _event_step(action: str, migration: Migration) -> Step:
+    """A Step that runs nothing, for _Run.report to tell of a baseline or an
+    accept as it tells of everything else."""
+    return Step(action, migration.version, migration.name, migration.path, [], 0,
+                None, None, None, None, migration.checksum)
+
+
+def _names(version: str, name: str) -> bool:
+    """Whether `version`, as rollback takes it (0001, 1, the name, the file
+    name), names the migration `name`."""
+    wanted = os.path.basename(version[:-4] if version.endswith(".sql") else version)
+    return name == wanted or (VERSION_TEXT.match(wanted) is not None
+                              and _number_of(name) == int(wanted))
 
 
 # ==========================================================================
@@ -5151,7 +5381,9 @@ def show_status(console: Console, database: str, exists: bool, migrations_dir: s
             "migrations": [{
                 "version": s.version, "name": s.name, "file": s.path, "state": s.state,
                 "checksum": s.checksum, "applied_at": s.applied_at,
-                "duration_ms": s.duration_ms,
+                "duration_ms": s.duration_ms, "baseline": _is_baseline(s),
+                "last_failure": None if _last_failure(s) is None else
+                _event_payload(_last_failure(s)),  # type: ignore[arg-type]
             } for s in states],
             "summary": {**counts, "total": len(states)},
             "drift": None if drift is None else {
@@ -5170,7 +5402,11 @@ def show_status(console: Console, database: str, exists: bool, migrations_dir: s
                 "pending": "pending",
                 "modified": f"MODIFIED: applied {s.applied_at}, file changed since",
                 "missing": f"MISSING: applied {s.applied_at}, file gone",
-            }[s.state]
+            }[s.state] + (" (baseline: recorded, not run)" if _is_baseline(s) else "")
+            failure = _last_failure(s)
+            if failure is not None:
+                detail += (f"; its last attempt {failure.outcome} {failure.started_at}:"
+                           f" {_failure_words(failure)}")
             mark = console.paint(STATE_MARKS[s.state], STATE_COLORS[s.state])
             console.say(f"{mark} {s.name:<{width}}  {detail}")
         if not states:
@@ -5182,6 +5418,119 @@ def show_status(console: Console, database: str, exists: bool, migrations_dir: s
                       ["Version", "Name", "State", "Applied at"],
                       [[s.version, s.name, s.state, s.applied_at] for s in states])
     return counts
+
+
+def _is_baseline(s: MigrationStatus) -> bool:
+    return s.state != "pending" and s.last is not None and s.last.event == "baseline"
+
+
+def _last_failure(s: MigrationStatus) -> Optional[HistoryEvent]:
+    """The failed or interrupted attempt that left a migration pending."""
+    last = s.last
+    if s.state == "pending" and last is not None and last.event == "apply" \
+            and last.outcome != "succeeded":
+        return last
+    return None
+
+
+def _failure_words(event: HistoryEvent) -> str:
+    where = [f"{label} {value}" for label, value in
+             (("statement", event.statement), ("line", event.line)) if value is not None]
+    return (event.error or event.outcome) + (f" ({', '.join(where)})" if where else "")
+
+
+def _event_payload(event: HistoryEvent) -> Dict[str, object]:
+    return dict(zip(HISTORY_COLUMNS, event))
+
+
+def _who(event: HistoryEvent) -> str:
+    who = "@".join(part for part in (event.os_user, event.host) if part)
+    if event.ci_repository or event.ci_run:
+        ci = " ".join(part for part in (
+            event.ci_repository, event.ci_run and f"run {event.ci_run}",
+            event.ci_commit and event.ci_commit[:12],
+            event.ci_actor and f"by {event.ci_actor}") if part)
+        who = f"{who} (GitHub Actions: {ci})" if who else f"GitHub Actions: {ci}"
+    return who
+
+
+def show_history(console: Console, database: str, events: List[HistoryEvent]) -> None:
+    if console.json:
+        console.emit({"database": database, "events": [_event_payload(e) for e in events]})
+        return
+    if not events:
+        console.say(f"No history in {database} (or none that matches).")
+        return
+    for e in events:
+        took = "" if e.duration_ms is None else f" {format_ms(e.duration_ms)}"
+        what = e.detail if e.event == "bookmark" else e.name
+        line = f"{e.started_at}  {e.event:<8}  {e.outcome:<11}  {what}{took}"
+        if e.outcome != "succeeded":
+            line += f": {_failure_words(e)}"
+        elif e.event == "accept":
+            line += f": {e.detail}"
+        who = _who(e)
+        console.say(line + (f"  [{who}]" if who else ""))
+
+
+def show_history_stats(console: Console, database: str, per: List[HistoryStats],
+                       overall: HistoryStats) -> None:
+    def row(st: HistoryStats) -> Dict[str, object]:
+        return {"version": st.version or None, "name": st.name or None,
+                "applies": st.applies, "failures": st.failures,
+                "interruptions": st.interruptions, "rollbacks": st.rollbacks,
+                "success_rate": st.success_rate, "median_ms": st.median_ms,
+                "slowest_ms": st.slowest_ms}
+
+    def cells(st: HistoryStats) -> List[object]:
+        return [st.name or "(all)", st.applies, st.failures, st.rollbacks,
+                "-" if st.success_rate is None else f"{st.success_rate:.0%}",
+                "-" if st.median_ms is None else format_ms(st.median_ms),
+                "-" if st.slowest_ms is None else format_ms(st.slowest_ms)]
+
+    header = ["Migration", "Applies", "Failures", "Rollbacks", "Success", "Median", "Slowest"]
+    if console.json:
+        console.emit({"database": database, "migrations": [row(st) for st in per],
+                      "overall": row(overall)})
+    else:
+        table = [header] + [[str(c) for c in cells(st)] for st in per + [overall]]
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        for r in table:
+            console.say("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                  for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    console.step_summary(f"Migration history of {database}", header,
+                         [cells(st) for st in per + [overall]])
+
+
+def show_baseline(console: Console, report: RunReport) -> None:
+    names = [o.name for o in report.having(BASELINED)]
+    if console.json:
+        console.emit({"database": report.database, "baselined": names,
+                      "recorded_for_wrangler": report.synced})
+        return
+    console.say(f"Recorded {_plural(len(names), 'migration')} as applied in"
+                f" {report.database} without running them (baseline): {', '.join(names)}.")
+
+
+def show_accept(console: Console, report: RunReport) -> None:
+    version, name = report.subject
+    old, new = report.checksums
+    if console.json:
+        console.emit({"database": report.database, "accepted": {"version": version,
+                                                                "name": name},
+                      "previous_checksum": old, "checksum": new,
+                      "schema_differences": report.schema_effect})
+        return
+    console.say(f"Accepted the edited {name}: its checksum {old[:12]}… is now {new[:12]}…;"
+                " the reason is in the history.")
+    if report.schema_effect:
+        console.say(f"Note: the applied migrations, as their files now are, no longer make"
+                    f" the schema of {report.database} (status reports it as drift):")
+        for difference in report.schema_effect:
+            console.say(f"  {difference}")
+    elif report.schema_effect == []:
+        console.say("The applied migrations, as their files now are, still make the"
+                    " database's schema.")
 
 
 def show_drift(console: Console, database: str, drift: Optional[Drift]) -> None:
@@ -5357,6 +5706,35 @@ def cmd_rollback(options: Options, console: Console) -> int:
                                    record_only=options.record_only, dry_run=options.dry_run)
         _keep_schema_file(options, migrator, console)
     show_rollback(console, report, options.migrations_dir, options.dry_run)
+    return EXIT_OK
+
+
+def cmd_history(options: Options, console: Console) -> int:
+    with _migrator(options, console) as migrator:
+        events = migrator.history(options.version, options.event, options.outcome,
+                                  options.since, options.limit)
+        database = migrator.database
+    if options.stats:
+        per, overall = history_stats(events)
+        show_history_stats(console, database, per, overall)
+    else:
+        show_history(console, database, events)
+    return EXIT_OK
+
+
+def cmd_baseline(options: Options, console: Console) -> int:
+    with _migrator(options, console) as migrator:
+        report = migrator.baseline(options.version, force=options.force)
+    show_baseline(console, report)
+    return EXIT_OK
+
+
+def cmd_accept(options: Options, console: Console) -> int:
+    with _migrator(options, console) as migrator:
+        report = migrator.accept(str(options.version), str(options.reason or ""))
+    for warning in report.warnings:
+        console.warn(warning)
+    show_accept(console, report)
     return EXIT_OK
 
 
@@ -5720,6 +6098,41 @@ def build_parser() -> argparse.ArgumentParser:
                         default="sql", help="sql (default), json, markdown or mermaid")
     schema.add_argument("--output", metavar="FILE", help="write it to FILE instead of stdout")
     schema.set_defaults(handler=cmd_schema)
+
+    history = commands.add_parser(
+        "history", parents=[common],
+        help="list what happened: every apply, failure, rollback, baseline and accept")
+    history.add_argument("--version", metavar="VERSION", dest="version",
+                         help="only this migration (0001, or its name)")
+    history.add_argument("--event", choices=HISTORY_EVENTS, help="only this kind of event")
+    history.add_argument("--outcome", choices=HISTORY_OUTCOMES, help="only this outcome")
+    history.add_argument("--since", metavar="WHEN",
+                         help="only events since a UTC date or time (2026-12-01,"
+                              " 2026-12-01T08:00) or an age (90m, 24h, 7d)")
+    history.add_argument("--limit", metavar="N", type=int, help="at most N events, newest first")
+    history.add_argument("--stats", action="store_true",
+                         help="per migration and overall: applies, failures, rollbacks,"
+                              " success rate, median and slowest duration")
+    history.set_defaults(handler=cmd_history)
+
+    baseline = commands.add_parser(
+        "baseline", parents=[common],
+        help="record migrations as applied without running them, for a database that"
+             " already has their effect")
+    baseline.add_argument("--version", metavar="VERSION", dest="version",
+                          help="up to and including this migration (default: all)")
+    baseline.add_argument("--force", action="store_true",
+                          help="record them even though the schema is not what they make")
+    baseline.set_defaults(handler=cmd_baseline)
+
+    accept = commands.add_parser(
+        "accept", parents=[common],
+        help="record the new checksum of an applied migration whose file was edited on"
+             " purpose")
+    accept.add_argument("version", metavar="VERSION", help="0001, or the migration's name")
+    accept.add_argument("--reason", metavar="TEXT", required=True,
+                        help="why the file was edited (kept in the history)")
+    accept.set_defaults(handler=cmd_accept)
 
     new = commands.add_parser("new", parents=[output, folder],
                               help="create the next NNNN_description.sql")
