@@ -774,6 +774,16 @@ class FolderScan(namedtuple("FolderScan", "folder migrations findings numbers"))
         status stop on them (the others are warnings there)."""
         return [f for f in self.findings if f.code in BLOCKING_FOLDER_FINDINGS]
 
+    def refusal(self, nothing_done: str = "") -> Optional[MigrationFileError]:
+        """The error that stops apply and status, if any finding is blocking."""
+        blocking = self.blocking()
+        if not blocking:
+            return None
+        more = f" (and {len(blocking) - 1} more problem{'s' if len(blocking) > 2 else ''})" \
+            if len(blocking) > 1 else ""
+        return MigrationFileError(f"{blocking[0].path}: {blocking[0].message}{more}."
+                                  + (f" {nothing_done}" if nothing_done else ""))
+
 
 # Findings about the folder that stop apply and status.  A misnamed *.sql file
 # only warns there: it is not a migration, and `check` reports it as an error.
@@ -1001,6 +1011,14 @@ def find_migration(version: str, candidates):
                 " name of the one you mean")
         return found[0] if found else None
     return None
+
+
+def _names(version: str, name: str) -> bool:
+    """Whether `version`, as rollback takes it (0001, 1, the name, the file
+    name), names the migration `name`."""
+    wanted = os.path.basename(version[:-4] if version.endswith(".sql") else version)
+    return name == wanted or (VERSION_TEXT.match(wanted) is not None
+                              and _number_of(name) == int(wanted))
 
 
 def _number_of(name: str) -> Optional[int]:
@@ -1908,6 +1926,14 @@ class Bookkeeping:
                 self._event("accept", "succeeded", row.version, row.name, migration.checksum,
                             time.time(), None, detail=reason)]
 
+    def latest(self, query: Callable[[str, tuple], List[tuple]], where: str,
+               record: Record) -> Dict[Union[int, str], HistoryEvent]:
+        """Each migration's latest apply, rollback or baseline, by key."""
+        latest: Dict[Union[int, str], HistoryEvent] = {}
+        for event in (self.history(query, where, latest=True) if record.history else []):
+            latest.setdefault(self.key(event), event)
+        return latest
+
     def history(self, query: Callable[[str, tuple], List[tuple]], where: str,
                 latest: bool = False) -> List[HistoryEvent]:
         """The history, newest first (latest: only each migration's latest
@@ -2042,6 +2068,21 @@ class Bookkeeping:
         """The entry that corrects a recorded duration (a remote target learns
         it only from D1's answer)."""
         return (SQL_SET_DURATION.format(table=self.table), [round(duration_ms, 3), version])
+
+
+def select_events(events: List[HistoryEvent], version: Optional[str] = None,
+                  event: Optional[str] = None, outcome: Optional[str] = None,
+                  since: Optional[str] = None, limit: Optional[int] = None
+                  ) -> List[HistoryEvent]:
+    """The events that pass each filter given: of one migration (`version`
+    as rollback takes it), of one event and outcome, started at `since` (an
+    ISO UTC time) or later; at most `limit` (the first, newest first)."""
+    chosen = [e for e in events
+              if (version is None or _names(version, e.name))
+              and (event is None or e.event == event)
+              and (outcome is None or e.outcome == outcome)
+              and (since is None or e.started_at >= since)]
+    return chosen if limit is None else chosen[:limit]
 
 
 class HistoryStats(namedtuple(
@@ -3385,6 +3426,58 @@ def choose_rollback(applied: Dict[Union[int, str], AppliedRow], version: Optiona
 # make the DROP itself fail.
 
 
+def choose_baseline(migrations: List[Migration], applied: Dict[Union[int, str], AppliedRow],
+                    version: Optional[str], folder: str
+                    ) -> "tuple[List[Migration], List[Migration]]":
+    """For baseline: the migrations up to `version` (default: all), and
+    those of them to record (the pending ones)."""
+    if version is None:
+        if not migrations:
+            raise MigrationError(f"No migrations in {folder}; nothing to baseline")
+        chosen = migrations[-1]
+    else:
+        found = find_migration(version, migrations)
+        if found is None:
+            raise MigrationError(f"Migration {version} not found in {folder}; nothing was"
+                                 " recorded")
+        chosen = found
+        if chosen.key in applied:
+            raise MigrationError(f"Migration {chosen.name} is already applied; nothing was"
+                                 " recorded. baseline records migrations that are pending")
+    upto = migrations[:migrations.index(chosen) + 1]
+    todo = [m for m in upto if m.key not in applied]
+    if not todo:
+        raise MigrationError(f"Every migration up to {chosen.name} is already applied;"
+                             " nothing to baseline")
+    return upto, todo
+
+
+def choose_accept(migrations: List[Migration], applied: Dict[Union[int, str], AppliedRow],
+                  version: str, folder: str) -> "tuple[Migration, AppliedRow]":
+    """For accept: the applied migration `version` names whose file changed,
+    and its tracking row."""
+    migration = find_migration(version, migrations)
+    if migration is None:
+        row = find_migration(version, list(applied.values()))
+        if row is not None:
+            raise MigrationError(
+                f"The file of {row.name} is gone from {folder}: accept records the checksum"
+                " of an edited file, so there is nothing to accept. Restore the file, or"
+                " roll the migration back.")
+        raise MigrationError(f"Migration {version} not found in {folder}; nothing was accepted")
+    row = applied.get(migration.key)
+    if row is None:
+        raise MigrationError(f"Migration {migration.name} is not applied; nothing to accept"
+                             " (apply runs the file as it is now)")
+    if not row.checksum:
+        raise MigrationError(f"Migration {migration.name} was recorded by wrangler alone,"
+                             " with no checksum; nothing to accept")
+    if row.checksum == migration.checksum:
+        raise MigrationError(f"Migration {migration.name} is not modified: its file has the"
+                             " recorded checksum; nothing to accept")
+    return migration, row
+
+
 class Changes(namedtuple("Changes", "drops deletes names")):
     """What a migration's statements do to tables, by lower-cased name.
 
@@ -3921,6 +4014,33 @@ def replay_schema(migrations: Sequence[Migration]) -> Schema:
         replay.close()
 
 
+def baseline_matches(query: Callable[[str, tuple], List[tuple]], upto: List[Migration],
+                     ignore: Sequence[str], where: str, force: bool) -> bool:
+    """For baseline: whether the database's schema is the one `upto` makes.
+    Raises (unless force) when it is not, or when that cannot be told."""
+    last = upto[-1].name
+    try:
+        expected = replay_schema(upto)
+    except MigrationFailed as exc:
+        if force:
+            return False
+        raise MigrationError(
+            f"Cannot tell whether {where} has the effect of the migrations up to {last}:"
+            f" replaying them in memory failed ({exc}). Nothing was recorded; pass"
+            f" {_opt('force')} to record them anyway.") from None
+    differences = read_schema(query, ignore).differences(expected)
+    if differences and not force:
+        words = {"not created by any migration": "not made by these migrations"}
+        shown = [f"{o.type} {o.name}: {words.get(kind, kind)}" for kind, o in differences]
+        more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
+        raise MigrationError(
+            f"The schema of {where} is not the one the migrations up to {last} make"
+            f" ({'; '.join(shown[:5])}{more}); nothing was recorded. Bring the database in"
+            f" line, baseline an earlier version, or pass {_opt('force')} to record them"
+            " anyway.")
+    return not differences
+
+
 def down_findings(migrations: Sequence[Migration], folder: str) -> List[Finding]:
     """For `check`: each down script (migrations/down/<name>.sql), replayed
     in memory as up, down, up: a down script that fails, one that does not
@@ -4317,6 +4437,24 @@ def _mermaid_word(text: str, fallback: str) -> str:
 # ==========================================================================
 
 
+@contextmanager
+def _ending(report: RunReport, interrupted: Callable[[_Stop], Interrupted]) -> Iterator[None]:
+    """However a run ends, its report is finished: an error carries it
+    (error.report), and a stop becomes the Interrupted that says what the
+    run did."""
+    try:
+        yield
+    except _Stop as stop:
+        error = interrupted(stop)
+        report.error, error.report = error, report
+        raise error from None
+    except MigrationError as exc:
+        report.error, exc.report = exc, report
+        raise
+    finally:
+        report.elapsed_ms = (time.perf_counter() - report.started) * 1000
+
+
 class Migrator:
     """Applies, inspects and rolls back the migrations of one folder on one
     database: a file path (local SQLite) or a Target (D1Target for remote D1).
@@ -4342,7 +4480,8 @@ class Migrator:
                  on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
                  on_outcome: Optional[Callable[[Outcome], None]] = None,
                  on_restore_point: Optional[Callable[[str, str], None]] = None,
-                 on_warning: Optional[Callable[[str], None]] = None):
+                 on_warning: Optional[Callable[[str], None]] = None,
+                 audit: Optional[Audit] = None):
         if isinstance(database, Target):
             self.target = database
         else:
@@ -4350,7 +4489,7 @@ class Migrator:
                                        foreign_keys=foreign_keys, log=log,
                                        on_slow_statement=on_slow_statement)
         self.migrations_dir = os.fspath(migrations_dir)
-        self.book = Bookkeeping(wrangler_table)
+        self.book = Bookkeeping(wrangler_table, audit)  # audit: who, for the history
         self.on_outcome = on_outcome
         self.on_restore_point = on_restore_point
         self.on_warning = on_warning
@@ -4370,7 +4509,7 @@ class Migrator:
                                   create_folder=options.wrangler_config is not None)
         return cls(target, options.migrations_dir, wrangler_table=options.wrangler_table,
                    on_outcome=on_outcome, on_restore_point=on_restore_point,
-                   on_warning=on_warning)
+                   on_warning=on_warning, audit=options.audit)
 
     @property
     def database(self) -> str:
@@ -4401,14 +4540,9 @@ class Migrator:
         holds something that makes its meaning unclear."""
         if self._scan is None:
             scan = scan_folder(self.migrations_dir, self.book.by_name)
-            blocking = scan.blocking()
-            if blocking:
-                first = blocking[0]
-                more = f" (and {_plural(len(blocking) - 1, 'more problem')})" \
-                    if len(blocking) > 1 else ""
-                raise MigrationFileError(
-                    f"{first.path}: {first.message}{more}."
-                    + (f" {nothing_done}" if nothing_done else ""))
+            refusal = scan.refusal(nothing_done)
+            if refusal is not None:
+                raise refusal
             self._scan = scan
             if self.on_warning is not None:
                 for warning in self.warnings:
@@ -4432,32 +4566,20 @@ class Migrator:
         """Every migration's state, files and records merged (of `migrations`,
         default: the folder's).  Read-only: a missing database stays missing,
         and no table is created."""
-        applied: Dict[Union[int, str], AppliedRow] = {}
-        latest: Dict[Union[int, str], HistoryEvent] = {}
-        if self.target.open("read"):
-            record = self.read()
-            applied = record.applied
-            if record.history:
-                for event in self.book.history(self.target.query, self.target.name, latest=True):
-                    latest.setdefault(self.book.key(event), event)
-        return status_of(self.migrations() if migrations is None else migrations, applied,
-                         self.book.by_name, latest)
+        record = self.read() if self.target.open("read") else Record(None, None, {})
+        return status_of(self.migrations() if migrations is None else migrations,
+                         record.applied, self.book.by_name,
+                         self.book.latest(self.target.query, self.target.name, record))
 
     def history(self, version: Optional[str] = None, event: Optional[str] = None,
                 outcome: Optional[str] = None, since: Optional[str] = None,
                 limit: Optional[int] = None) -> List[HistoryEvent]:
-        """The history's events, newest first: of one migration (`version`
-        as rollback takes it), of one event and outcome, started at `since`
-        (an ISO UTC time) or later; at most `limit`.  Read-only: [] when
-        there is no database or no history."""
+        """The history's events, newest first, filtered (see select_events).
+        Read-only: [] when there is no database or no history."""
         if not self.target.open("read"):
             return []
-        events = [e for e in self.book.history(self.target.query, self.target.name)
-                  if (version is None or _names(version, e.name))
-                  and (event is None or e.event == event)
-                  and (outcome is None or e.outcome == outcome)
-                  and (since is None or e.started_at >= since)]
-        return events if limit is None else events[:limit]
+        return select_events(self.book.history(self.target.query, self.target.name),
+                             version, event, outcome, since, limit)
 
     def schema(self, from_migrations: bool = False) -> Schema:
         """The database's schema, or (from_migrations) the schema that all the
@@ -4473,8 +4595,8 @@ class Migrator:
 
     def bookkeeping_tables(self) -> List[str]:
         """The tables that are the record, not the schema."""
-        return [TRACKING_TABLE, WRANGLER_TABLE, STATE_TABLE, HISTORY_TABLE] + (
-            [self.book.wrangler_table] if self.book.wrangler_table else [])
+        return [TRACKING_TABLE, WRANGLER_TABLE, STATE_TABLE, HISTORY_TABLE,
+                self.book.wrangler_table or WRANGLER_TABLE]
 
     def drift(self) -> Drift:
         """Whether the database's schema is the one its applied migrations
@@ -4532,7 +4654,7 @@ class Migrator:
             return Interrupted(stop.signum, 0 if whole else len(report.having(APPLIED)),
                                current[-1] if current else None, stop.state, whole)
 
-        with self._ending(report, interrupted):
+        with _ending(report, interrupted):
             scan = self.scan("Nothing was applied.")
             report.migrations = len(scan.migrations)
             report.warnings = self.warnings
@@ -4570,7 +4692,7 @@ class Migrator:
             return Interrupted(stop.signum, 0, chosen[0].name if chosen else None, stop.state,
                                action="rollback")
 
-        with self._ending(report, interrupted):
+        with _ending(report, interrupted):
             # A mistyped migrations folder would find no down script and
             # remove the record alone, leaving the schema as it is.
             self.scan("Nothing was rolled back.")
@@ -4606,77 +4728,9 @@ class Migrator:
         database's schema is not the one those migrations make, or when that
         cannot be told: a baseline must not hide a missing table."""
         report = self._new_report("baseline")
-        with self._ending(report, lambda stop: Interrupted(stop.signum, action="baseline")):
-            migrations = self.scan("Nothing was recorded.").migrations
-            if not self.target.open("change"):
-                raise MigrationError(
-                    f"Database {self.target.name} does not exist; baseline records migrations"
-                    " as applied in a database that already has their effect. Nothing was"
-                    " recorded.")
-            record = self.read()
-            if version is None:
-                if not migrations:
-                    raise MigrationError(f"No migrations in {self.migrations_dir}; nothing to"
-                                         " baseline")
-                chosen = migrations[-1]
-            else:
-                found = find_migration(version, migrations)
-                if found is None:
-                    raise MigrationError(f"Migration {version} not found in"
-                                         f" {self.migrations_dir}; nothing was recorded")
-                chosen = found
-                if chosen.key in record.applied:
-                    raise MigrationError(
-                        f"Migration {chosen.name} is already applied; nothing was recorded."
-                        " baseline records migrations that are pending")
-            upto = migrations[:migrations.index(chosen) + 1]
-            todo = [m for m in upto if m.key not in record.applied]
-            if not todo:
-                raise MigrationError(f"Every migration up to {chosen.name} is already applied;"
-                                     " nothing to baseline")
-            matches = self._has_effect_of(upto, chosen, force)
-            entries, report.synced = self.book.ensure(record)
-            for m in todo:
-                entries += self.book.baseline(m)
-            report.planned = len(todo)
-            try:
-                self.target.write(entries)
-            except (sqlite3.IntegrityError, D1Error) as exc:
-                raise MigrationError(
-                    f"Recording the baseline in {self.target.name} failed ({exc}): another"
-                    " process may have applied one of these migrations meanwhile. Run"
-                    " status, then baseline again.") from None
-            run = _Run(self, report)
-            for index, m in enumerate(todo, 1):
-                run.report(_event_step("baseline", m), index, BASELINED, None)
-            if matches:
-                run.note_schema()
+        with _ending(report, lambda stop: Interrupted(stop.signum, action="baseline")):
+            _baseline(self, report, version, force)
         return report
-
-    def _has_effect_of(self, upto: List[Migration], chosen: Migration, force: bool) -> bool:
-        """Whether the database's schema is the one `upto` makes; raises
-        (unless force) when it is not, or cannot be told."""
-        try:
-            expected = replay_schema(upto)
-        except MigrationFailed as exc:
-            if force:
-                return False
-            raise MigrationError(
-                f"Cannot tell whether {self.target.name} has the effect of the migrations up"
-                f" to {chosen.name}: replaying them in memory failed ({exc}). Nothing was"
-                f" recorded; pass {_opt('force')} to record them anyway.") from None
-        actual = read_schema(self.target.query, self.bookkeeping_tables())
-        differences = actual.differences(expected)
-        if differences and not force:
-            words = {"not created by any migration": "not made by these migrations"}
-            shown = [f"{o.type} {o.name}: {words.get(kind, kind)}" for kind, o in differences]
-            more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
-            raise MigrationError(
-                f"The schema of {self.target.name} is not the one the migrations up to"
-                f" {chosen.name} make ({'; '.join(shown[:5])}{more}); nothing was recorded."
-                " Bring the database in line, baseline an earlier version, or pass"
-                f" {_opt('force')} to record them anyway.")
-        return not differences
 
     def accept(self, version: str, reason: str) -> RunReport:
         """Record the checksum of an applied migration whose file was edited
@@ -4684,54 +4738,8 @@ class Migrator:
         it as modified.  report.schema_effect says whether the applied
         migrations, as their files now are, still make the database's schema."""
         report = self._new_report("accept")
-        with self._ending(report, lambda stop: Interrupted(stop.signum, action="accept")):
-            if not reason or not reason.strip():
-                raise ConfigurationError(
-                    f"{_opt('reason')} is empty: say why the file was edited; it goes into"
-                    " the history")
-            migrations = self.scan("Nothing was accepted.").migrations
-            if not self.target.open("change"):
-                raise MigrationError(f"Database {self.target.name} does not exist; nothing to"
-                                     " accept")
-            record = self.read()
-            migration = find_migration(version, migrations)
-            if migration is None:
-                row = find_migration(version, list(record.applied.values()))
-                if row is not None:
-                    raise MigrationError(
-                        f"The file of {row.name} is gone from {self.migrations_dir}: accept"
-                        " records the checksum of an edited file, so there is nothing to"
-                        " accept. Restore the file, or roll the migration back.")
-                raise MigrationError(f"Migration {version} not found in {self.migrations_dir};"
-                                     " nothing was accepted")
-            row = record.applied.get(migration.key)
-            if row is None:
-                raise MigrationError(f"Migration {migration.name} is not applied; nothing to"
-                                     " accept (apply runs the file as it is now)")
-            if not row.checksum:
-                raise MigrationError(f"Migration {migration.name} was recorded by wrangler"
-                                     " alone, with no checksum; nothing to accept")
-            if row.checksum == migration.checksum:
-                raise MigrationError(
-                    f"Migration {migration.name} is not modified: its file has the recorded"
-                    " checksum; nothing to accept")
-            report.subject = (row.version, row.name)
-            report.checksums = (row.checksum, migration.checksum)
-            applied = [m for m in migrations if m.key in record.applied]
-            try:
-                expected = replay_schema(applied)
-                actual = read_schema(self.target.query, self.bookkeeping_tables())
-                report.schema_effect = [f"{o.type} {o.name}: {kind}"
-                                        for kind, o in actual.differences(expected)]
-            except MigrationFailed as exc:
-                report.warnings.append(f"Cannot tell what the edit changes in the schema:"
-                                       f" replaying the applied migrations failed ({exc})")
-            report.planned = 1
-            self.target.write(self.book.accept(row, migration, reason.strip()))
-            run = _Run(self, report)
-            run.report(_event_step("accept", migration), 1, ACCEPTED, None)
-            if report.schema_effect == []:
-                run.note_schema()
+        with _ending(report, lambda stop: Interrupted(stop.signum, action="accept")):
+            _accept(self, report, version, reason)
         return report
 
     def _new_report(self, action: str, dry_run: bool = False,
@@ -4740,25 +4748,6 @@ class Migrator:
                            single_transaction)
         report.wrangler_table = self.book.wrangler_table
         return report
-
-    @staticmethod
-    @contextmanager
-    def _ending(report: RunReport, interrupted: Callable[[_Stop], Interrupted]
-                ) -> Iterator[None]:
-        """However a run ends, its report is finished: an error carries it
-        (error.report), and a stop becomes the Interrupted that says what
-        the run did."""
-        try:
-            yield
-        except _Stop as stop:
-            error = interrupted(stop)
-            report.error, error.report = error, report
-            raise error from None
-        except MigrationError as exc:
-            report.error, exc.report = exc, report
-            raise
-        finally:
-            report.elapsed_ms = (time.perf_counter() - report.started) * 1000
 
     def _check_stop(self) -> None:
         if self._stop_signal is not None:
@@ -5039,19 +5028,72 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+def _baseline(migrator: Migrator, report: RunReport, version: Optional[str],
+              force: bool) -> None:
+    """Migrator.baseline, once its report is set up."""
+    migrations = migrator.scan("Nothing was recorded.").migrations
+    target = migrator.target
+    if not target.open("change"):
+        raise MigrationError(
+            f"Database {target.name} does not exist; baseline records migrations as applied"
+            " in a database that already has their effect. Nothing was recorded.")
+    record = migrator.read()
+    upto, todo = choose_baseline(migrations, record.applied, version, migrator.migrations_dir)
+    matches = baseline_matches(target.query, upto, migrator.bookkeeping_tables(), target.name,
+                               force)
+    entries, report.synced = migrator.book.ensure(record)
+    for m in todo:
+        entries += migrator.book.baseline(m)
+    report.planned = len(todo)
+    try:
+        target.write(entries)
+    except (sqlite3.IntegrityError, D1Error) as exc:
+        raise MigrationError(
+            f"Recording the baseline in {target.name} failed ({exc}): another process may"
+            " have applied one of these migrations meanwhile. Run status, then baseline"
+            " again.") from None
+    run = _Run(migrator, report)
+    for index, m in enumerate(todo, 1):
+        run.report(_event_step("baseline", m), index, BASELINED, None)
+    if matches:
+        run.note_schema()
+
+
+def _accept(migrator: Migrator, report: RunReport, version: str, reason: str) -> None:
+    """Migrator.accept, once its report is set up."""
+    if not reason or not reason.strip():
+        raise ConfigurationError(f"{_opt('reason')} is empty: say why the file was edited;"
+                                 " it goes into the history")
+    migrations = migrator.scan("Nothing was accepted.").migrations
+    target = migrator.target
+    if not target.open("change"):
+        raise MigrationError(f"Database {target.name} does not exist; nothing to accept")
+    record = migrator.read()
+    migration, row = choose_accept(migrations, record.applied, version,
+                                   migrator.migrations_dir)
+    report.subject = (row.version, row.name)
+    report.checksums = (row.checksum, migration.checksum)
+    try:
+        report.schema_effect = [
+            f"{o.type} {o.name}: {kind}" for kind, o in read_schema(
+                target.query, migrator.bookkeeping_tables()).differences(
+                replay_schema([m for m in migrations if m.key in record.applied]))]
+    except MigrationFailed as exc:
+        report.warnings.append("Cannot tell what the edit changes in the schema: replaying"
+                               f" the applied migrations failed ({exc})")
+    report.planned = 1
+    target.write(migrator.book.accept(row, migration, reason.strip()))
+    run = _Run(migrator, report)
+    run.report(_event_step("accept", migration), 1, ACCEPTED, None)
+    if report.schema_effect == []:
+        run.note_schema()
+
+
 def _event_step(action: str, migration: Migration) -> Step:
     """A Step that runs nothing, for _Run.report to tell of a baseline or an
     accept as it tells of everything else."""
     return Step(action, migration.version, migration.name, migration.path, [], 0,
                 None, None, None, None, migration.checksum)
-
-
-def _names(version: str, name: str) -> bool:
-    """Whether `version`, as rollback takes it (0001, 1, the name, the file
-    name), names the migration `name`."""
-    wanted = os.path.basename(version[:-4] if version.endswith(".sql") else version)
-    return name == wanted or (VERSION_TEXT.match(wanted) is not None
-                              and _number_of(name) == int(wanted))
 
 
 # ==========================================================================

@@ -37,6 +37,7 @@ STOPWATCH = "\u23f1\ufe0f"
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 STATUS_KEYS = {"database", "database_exists", "migrations_dir", "migrations", "summary", "drift"}
 STATUS_MIGRATION_KEYS = {"version", "name", "file", "state", "checksum", "applied_at",
+                         "baseline", "last_failure",
                          "duration_ms"}
 SUMMARY_KEYS = {"applied", "pending", "modified", "missing", "total"}
 ERROR_KEYS = {"type", "message", "migration", "file", "line", "statement", "sql", "exit_code"}
