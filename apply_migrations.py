@@ -13,6 +13,10 @@ migration is either wholly applied and recorded or not at all.
     python apply_migrations.py rollback --version 0001_initial_schema --env dev
     python apply_migrations.py new      "Add user indexes"
     python apply_migrations.py check    (what Cloudflare D1 would reject)
+    python apply_migrations.py schema   [--from-migrations] [--format mermaid]
+    python apply_migrations.py history  [--stats] (every apply, failure, rollback)
+    python apply_migrations.py baseline [--version 0003] (record, do not run)
+    python apply_migrations.py accept   0002 --reason "comment fixed"
 
 --wrangler-config keeps wrangler's own record in step on its local D1 file;
 --d1-remote does all of this on a Cloudflare D1 database over its HTTP API.
@@ -33,18 +37,22 @@ above it.
                             status, check and new share (names, numbers, links)
   5. D1 rules ............. D1_RULES, one entry per rule; check_statements, check_folder
   6. wrangler's config .... read_wrangler_config, wrangler_database
-  7. Options .............. Options, resolve_options: every setting, resolved once
+  7. Options .............. Options, resolve_options: every setting, resolved once;
+                            Audit: who runs this
   8. Outcomes ............. Outcome, RunReport: what happened to each migration
   9. Bookkeeping .......... the SQL that reads, creates, records and forgets the
-                            record (the tool's table and wrangler's), for every target
+                            record (the tool's table and wrangler's) and appends to
+                            the history, for every target; HistoryEvent, history_stats
  10. Targets .............. Target (the narrow interface), Step; SQLiteTarget
  11. Remote D1 ............ D1Client (HTTP), D1Target
- 12. Planning ............. plan_migrations, prepare_statements, choose_rollback;
+ 12. Planning ............. plan_migrations, prepare_statements, choose_rollback,
+                            choose_baseline, choose_accept;
                             what a migration drops, who references it, and the
                             guard that keeps it from losing their rows
  13. Schemas .............. Schema, read_schema, replay_schema: what a database holds
-                            and what the migrations make; render_schema (SQL, JSON,
-                            markdown, Mermaid)
+                            and what the migrations make (drift, computed rollbacks,
+                            baseline_matches); render_schema (SQL, JSON, markdown,
+                            Mermaid)
  14. The engine ........... Migrator (the public entry); _Run (the migration loop,
                             and _Run.report, the one point where outcomes are told)
  15. Output ............... Console (streams, JSON, GitHub annotations, step
@@ -57,8 +65,10 @@ Where a change goes:
     honour it where each target runs a Step (SQLiteTarget.run, D1Target.run);
   - a new command such as `baseline`: a Migrator method (14) that writes
     Bookkeeping entries (9), and a cmd_ function and parser entry (16);
-  - a history table: its SQL in Bookkeeping (9), written with each Step's
-    bookkeeping, and from _Run.report (14), which sees every outcome;
+  - something more in the history: its entry in Bookkeeping (9), written
+    with each Step's bookkeeping (what commits with the step) or from
+    _Run.report (14), which sees every outcome (what happens after a
+    rollback);
   - a new D1 rule: one function and one D1_RULES entry (5);
   - a new output format: a Console method or a show_ function (15), or for
     a schema, render_schema (13).
@@ -99,6 +109,7 @@ __version__ = "1.1.0"
 
 __all__ = [
     "Migrator", "RunReport", "Outcome", "MigrationStatus", "AppliedRow", "Migration",
+    "HistoryEvent", "HistoryStats", "history_stats", "Audit",
     "Options", "Target", "SQLiteTarget", "D1Target", "D1Client", "D1Settings",
     "MigrationError", "ConfigurationError", "DatabaseConnectError", "DatabaseWriteError",
     "TrackingTableError", "MigrationFileError", "MigrationFailed", "Interrupted",
