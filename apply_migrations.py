@@ -143,6 +143,19 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 # Ctrl-C during a long statement gets noticed; rare enough to cost nothing.
 PROGRESS_STEPS = 10000
 SLOW_STATEMENT_SECONDS = 2.0
+# Group commit (local apply): each migration runs in a savepoint of a
+# transaction that is committed once this long has passed since it began
+# (and at the end, before a file that must run outside a transaction, on a
+# stop).  A commit is a journal write and fsyncs, most of a migration's cost
+# (bench/: one commit each is ~3x slower at N=1000); this bounds what a crash
+# can undo and how long other writers and readers wait.
+GROUP_COMMIT_SECONDS = 0.2
+# The page cache of a run's connection, in KiB (SQLite's default is 2 MB): a
+# writer whose cache spills must lock readers out until it commits.
+WRITE_CACHE_KIB = 65536
+SQL_SAVEPOINT = "SAVEPOINT apply_migrations"
+SQL_RELEASE = "RELEASE apply_migrations"
+SQL_ROLLBACK_TO = "ROLLBACK TO apply_migrations"
 
 UTF8_BOM = b"\xef\xbb\xbf"
 TRANSACTION_KEYWORDS = frozenset(
@@ -252,6 +265,11 @@ DEFAULT_HTTP_TIMEOUT = 30.0
 DEFAULT_HTTP_RETRIES = 4
 MAX_HTTP_RETRIES = 100
 D1_MAX_STATEMENT_BYTES = 100_000
+# Consecutive small migrations go to D1 in one request (one transaction):
+# at most this many, with at most this much SQL together (D1 gives a
+# request 30 s; a few hundred KB of DDL and small inserts take well under one).
+D1_GROUP_STEPS = 100
+D1_GROUP_BYTES = 400_000
 
 
 # ==========================================================================
@@ -435,10 +453,21 @@ class _Stop(Exception):
     """A target stopped at a safe point because a stop was requested.  The
     engine turns it into Interrupted, with the run's counts."""
 
-    def __init__(self, signum: int, state: Optional[str]):
+    def __init__(self, signum: int, state: Optional[str], steps: int = 1):
         self.signum = signum
         self.state = state  # what became of the step in progress (Interrupted.state)
+        self.steps = steps  # how many steps that is (remote: one batch can hold several)
         super().__init__(state)
+
+
+class _Locked(DatabaseWriteError):
+    """The lock waited for did not come within lock_timeout."""
+
+
+class _Yield(Exception):
+    """Group commit: a step ran long while those before it waited for their
+    commit, so it was stopped and rolled back, to run again after that
+    commit (SQLiteTarget.run)."""
 
 
 # ==========================================================================
@@ -1494,7 +1523,8 @@ def audit_of(environ: Mapping[str, str]) -> Audit:
 
 _SINCE_AGO = re.compile(r"([0-9]+)([smhd])\Z")
 _SINCE_DATE = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?Z?)?\Z")
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]{1,6})?)?Z?)?\Z")
 
 
 def since_of(value: str, now: float) -> str:
@@ -1505,11 +1535,21 @@ def since_of(value: str, now: float) -> str:
     if ago:
         seconds = int(ago.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[ago.group(2)]
         return utc_ms(max(0.0, now - seconds))
-    if _SINCE_DATE.match(text):
+    date = _SINCE_DATE.match(text)
+    if date and _is_calendar_time(*(int(part or 0) for part in date.groups())):
         return text.replace(" ", "T").rstrip("Z")
     raise ConfigurationError(
         f"{_opt('since')} {value!r} is neither a UTC date or time (2026-12-01,"
         " 2026-12-01T08:00) nor an age (90m, 24h, 7d)")
+
+
+def _is_calendar_time(year: int, month: int, day: int, hour: int, minute: int,
+                      second: int) -> bool:
+    """Whether the parts name a real moment (not 2026-02-30, nor 25:00)."""
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    days = (31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+    return (1 <= month <= 12 and 1 <= day <= days[month - 1] and hour < 24 and minute < 60
+            and second < 60)
 
 
 class Options:
@@ -1527,6 +1567,7 @@ class Options:
     target: Optional[str] = None
     allow_out_of_order: bool = False
     single_transaction: bool = False
+    commit_each: bool = False  # apply: one commit per migration, not group commit
     dry_run: bool = False
     backup: Union[None, bool, str] = None  # True: beside the database
     bookmark: bool = True  # remote D1: take a Time Travel bookmark before changing it
@@ -1598,7 +1639,7 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     plain = ("command", "wrangler_config", "target", "allow_out_of_order", "allow_row_loss",
              "from_migrations", "schema_format", "output", "schema_file", "no_drift",
              "allow_data_loss", "record_only", "down", "reason", "event", "outcome", "stats",
-             "single_transaction", "dry_run", "backup", "version", "force", "exit_code",
+             "single_transaction", "commit_each", "dry_run", "backup", "version", "force", "exit_code",
              "description", "json", "quiet", "verbose")
     options = Options(**{name: get(name) for name in plain if get(name) is not None})
     options.audit = audit_of(environ)
@@ -2208,6 +2249,22 @@ class Step(namedtuple(
     __slots__ = ()
 
 
+class Ran(namedtuple("Ran", "done undone error began")):
+    """What Target.run did with the steps it was given, in their order.
+
+    done (List[Tuple[Step, Optional[float]]]): committed, each with its
+        duration in ms (None: skipped, its effect was there already)
+    undone (List[Tuple[Step, float]]): ran, then lost with a transaction the
+        database rolled back, and not run again (a stop came first)
+    error (Optional[BaseException]): what ended the call early: a
+        MigrationError or a _Stop, concerning the step after done and undone
+    began (Optional[Tuple[float, float]]): when that step began, as
+        time.time() and time.perf_counter()
+    """
+
+    __slots__ = ()
+
+
 class Target:
     """What the engine needs of a database, and all it needs: the interface
     that SQLiteTarget and D1Target each implement (as dbmate's Driver).
@@ -2224,9 +2281,12 @@ class Target:
     write(entries)
         Run bookkeeping entries in one transaction and commit, once: they
         append (the history), so a lost answer is not sent again.
-    run(step) -> duration in ms, or None
-        One step and its bookkeeping, all or nothing.  None when, under the
-        target's write lock, step.settled() finds it done already.
+    run(steps) -> Ran
+        Steps from the front of `steps`, each with its bookkeeping all or
+        nothing, as many as the target commits together (at least one);
+        a step's failure or a stop ends the call, and the steps before it
+        stay committed.  A step that, under the target's write lock,
+        step.settled() finds done already is skipped.
     run_all(ensure, plan, commit, on_ran)
         A whole run as one transaction: the ensure entries, then each step
         that plan() returns (planned once the target holds its lock),
@@ -2253,7 +2313,7 @@ class Target:
     def write(self, entries: List[Entry]) -> None:
         raise NotImplementedError
 
-    def run(self, step: Step) -> Optional[float]:
+    def run(self, steps: List[Step]) -> Ran:
         raise NotImplementedError
 
     def run_all(self, ensure: List[Entry], plan: Callable[[], List[Step]], commit: bool,
@@ -2349,6 +2409,11 @@ class _SQLiteConnection:
         self.on_slow_statement = on_slow_statement
         self.conn: Optional[sqlite3.Connection] = None
         self.stop_signal: Optional[int] = None
+        self.hold = False  # stops wait (see held_stops)
+        # Group commit: when the running step is stopped for the commit of
+        # those before it (perf_counter time; None: never), and whether it was.
+        self.yield_at: Optional[float] = None
+        self.yielded = False
         self.foreign_keys_default = 0  # the connection's setting, restored after a hoisted PRAGMA
         # What the progress handler reports while a statement runs long.
         self.running: Optional[tuple] = None
@@ -2427,6 +2492,8 @@ class _SQLiteConnection:
             # Reading the schema surfaces "file is not a database" here, once,
             # instead of in the middle of a command.
             self.wait_for_lock("SELECT count(*) FROM sqlite_master", conn=conn)
+            if not readonly:
+                conn.execute(f"PRAGMA cache_size = -{WRITE_CACHE_KIB}")
             if self.foreign_keys and not readonly:
                 conn.execute("PRAGMA foreign_keys = ON")
             self.foreign_keys_default = conn.execute("PRAGMA foreign_keys").fetchone()[0]
@@ -2500,7 +2567,7 @@ class _SQLiteConnection:
             pause = min(pause * 2, 0.05)
 
     def lock_timeout_error(self) -> DatabaseWriteError:
-        return DatabaseWriteError(
+        return _Locked(
             f"Database {self.path} stayed locked by another process for"
             f" {self.lock_timeout:g} s ({_opt('lock_timeout')}); nothing of the current"
             " migration was kept. Retry when the other migration run or program has finished.")
@@ -2510,8 +2577,9 @@ class _SQLiteConnection:
         try:
             return self.conn.execute(sql, params)  # type: ignore[union-attr]
         except sqlite3.Error as exc:
-            if self.stop_signal is not None:
-                raise _Stop(self.stop_signal, "rolled back") from None
+            instead = self.interruption()
+            if instead is not None:
+                raise instead from None
             described = _describe_sqlite_error(exc, self.path)
             if described is None:
                 raise
@@ -2526,9 +2594,37 @@ class _SQLiteConnection:
         if self.stop_signal is None:
             self.stop_signal = signum
 
+    @property
+    def stopped(self) -> Optional[int]:
+        """The stop to act on now: none while held."""
+        return None if self.hold else self.stop_signal
+
+    def interruption(self) -> Optional[Exception]:
+        """After a statement failed: the exception to raise instead when the
+        progress handler aborted it (a stop, or a yield), else None."""
+        if self.stopped is not None:
+            return _Stop(self.stopped, "rolled back")
+        if self.yielded:
+            return _Yield()
+        return None
+
+    @contextmanager
+    def held_stops(self) -> Iterator[None]:
+        """A stop waits until the block ends, except while waiting for a
+        lock: what runs here ran already, in one group commit's time, and
+        was undone by the database, not by the user."""
+        self.hold = True
+        try:
+            yield
+        finally:
+            self.hold = False
+
     def _progress(self) -> bool:
         """SQLite's progress handler: True aborts the running statement."""
-        if self.stop_signal is not None:
+        if self.stopped is not None:
+            return True
+        if self.yield_at is not None and time.perf_counter() >= self.yield_at:
+            self.yielded = True
             return True
         if self.running is not None and self.on_slow_statement is not None:
             now = time.perf_counter()
@@ -2539,159 +2635,33 @@ class _SQLiteConnection:
         return False
 
 
-class SQLiteTarget(Target):
-    """A local SQLite database file (wrangler's local D1 file included).
+class _SQLiteSteps:
+    """One step on a _SQLiteConnection, inside the transaction SQLiteTarget
+    holds: its statements (with timings to ``log``), the guard's counts, the
+    foreign-key check, and its bookkeeping."""
 
-    A step and its bookkeeping commit together, and any failure, Ctrl-C
-    included, rolls both back before the exception leaves.  With
-    create_folder, a missing folder of the database is made (wrangler's
-    state folder, which wrangler makes on first use).  Output goes
-    only through the optional callbacks: ``log`` gets one line per
-    statement with its timing, ``on_slow_statement`` is called a few times
-    a second while one statement has run longer than two seconds.
-    """
-
-    def __init__(self, path: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-                 foreign_keys: bool = False,
-                 log: Optional[Callable[[str], None]] = None,
-                 on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
-                 create_folder: bool = False):
-        self.path = self.name = path
+    def __init__(self, db: _SQLiteConnection, path: str, foreign_keys: bool,
+                 log: Optional[Callable[[str], None]]):
+        self.db = db
+        self.path = path
         self.foreign_keys = foreign_keys
         self.log = log
-        self.db = _SQLiteConnection(path, check_seconds("lock_timeout", lock_timeout),
-                                    foreign_keys, on_slow_statement, create_folder)
-        self._seen_version: Optional[int] = None  # data_version when the record was read
-        self._capture = True
-        self._orphans_checked = False
+        self.orphans_checked = False
 
-    # -- the interface ------------------------------------------------------
+    def run(self, step: Step, hoisted: int,
+            query: Callable[[str, tuple], List[tuple]]) -> float:
+        """One step's statements (those after the `hoisted` ones that ran
+        before the transaction) and bookkeeping; its duration in ms."""
+        self.check_orphans(step)
+        guard = step.guard(query)
+        started = time.perf_counter()
+        self._admin_all(guard.before)
+        self.execute(step, step.statements[hoisted:])
+        self._check_guard(step, guard)
+        return self._finish_step(step, started)
 
-    def open(self, mode: str) -> bool:
-        return self.db.open(mode)
 
-    def query(self, sql: str, params: tuple = ()) -> List[tuple]:
-        if self._capture and not self.db.conn.in_transaction:  # type: ignore[union-attr]
-            # The first read since our last write: what run() compares with
-            # to learn whether another process wrote since (data_version
-            # changes only with other connections' commits).
-            self._seen_version = self.db.data_version()
-            self._capture = False
-        return self.db.wait_for_lock(sql, params).fetchall()
-
-    def ensure(self, entries: List[Entry]) -> None:
-        self.db.begin()
-        try:
-            for sql, params in entries:
-                self.db.admin(sql, params)
-            self.db.commit()
-        except BaseException:
-            self.db.abandon()
-            raise
-        self._capture = True
-
-    write = ensure  # one transaction either way; nothing here is sent twice
-
-    def run(self, step: Step) -> Optional[float]:
-        with self._pragmas_first(step) as hoisted:
-            self.db.begin()
-            try:
-                self._check_orphans(step)
-                # Another process wrote since the engine read the record:
-                # follow what it did.
-                if self.db.data_version() != self._seen_version and step.settled():
-                    self.db.abandon()
-                    return None
-                guard = step.guard(self.query)
-                started = time.perf_counter()
-                self._admin_all(guard.before)
-                self._execute(step, step.statements[hoisted:])
-                self._check_guard(step, guard)
-                duration_ms = self._finish_step(step, started)
-                try:
-                    self.db.commit()
-                except sqlite3.Error as exc:
-                    raise MigrationFailed(step.name, step.path,
-                                          f"{exc} at COMMIT; it was rolled back",
-                                          action=step.action) from exc
-            except BaseException:
-                self.db.abandon()
-                raise
-        self._capture = True
-        return duration_ms
-
-    def run_all(self, ensure: List[Entry], plan: Callable[[], List[Step]], commit: bool,
-                on_ran: Callable[[Step, float], None]) -> None:
-        self.db.begin()
-        try:
-            for sql, params in ensure:
-                self.db.admin(sql, params)
-            steps = plan()
-            if not self.foreign_keys:
-                self._refuse_hoisting(steps, "single_transaction" if commit else "dry_run")
-            for step in steps:
-                self._check_orphans(step)
-                guard = step.guard(self.query)
-                started = time.perf_counter()
-                self._admin_all(guard.before)
-                self._execute(step, step.statements)
-                self._check_guard(step, guard)
-                on_ran(step, self._finish_step(step, started))
-            if self.db.stop_signal is not None:
-                raise _Stop(self.db.stop_signal, "rolled back")
-            if not commit:
-                self.db.abandon()
-                return
-            try:
-                self.db.commit()
-            except sqlite3.Error as exc:
-                raise MigrationError(
-                    f"Failed to commit the run to {self.path}: {exc} at COMMIT; rolled back the"
-                    f" whole run ({_opt('single_transaction')}): nothing was applied") from exc
-        except BaseException:
-            self.db.abandon()
-            raise
-
-    def request_stop(self, signum: int) -> None:
-        self.db.request_stop(signum)
-
-    def close(self) -> None:
-        self.db.close()
-        self._orphans_checked = False
-
-    def backup(self, path: Optional[str] = None) -> str:
-        """Copy the database with SQLite's online backup API (not inside a
-        write transaction: the API reports SQLITE_LOCKED for ever there);
-        returns the copy's path.  Without a path: beside the database, with
-        the UTC time in the name."""
-        if path is None:
-            stem, ext = os.path.splitext(self.path)
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            path = f"{stem}-backup-{stamp}{ext or '.db'}"
-            serial = 1
-            while os.path.exists(path):  # two runs within one second
-                serial += 1
-                path = f"{stem}-backup-{stamp}-{serial}{ext or '.db'}"
-        if os.path.exists(path):
-            raise MigrationError(
-                f"Backup file {path} already exists; nothing was applied. Move it away"
-                f" or name another with {_opt('backup')} PATH")
-        try:
-            copy = sqlite3.connect(path)
-            try:
-                self.db.conn.backup(copy)  # type: ignore[union-attr]
-            finally:
-                copy.close()
-        except (sqlite3.Error, OSError) as exc:
-            if os.path.exists(path):
-                os.remove(path)
-            raise MigrationError(
-                f"Backup of {self.path} to {path} failed ({exc}); nothing was applied") from None
-        return path
-
-    # -- running a step ------------------------------------------------------------
-
-    def _execute(self, step: Step, statements: List[Tuple[int, Statement]]) -> None:
+    def execute(self, step: Step, statements: List[Tuple[int, Statement]]) -> None:
         """The statements of a step, each run to its last row (as
         executescript and D1 run them: a SELECT can fail on a later row)."""
         db = self.db
@@ -2707,14 +2677,17 @@ class SQLiteTarget(Target):
                     pass
                 # Between statements too: a file of many short ones may never
                 # reach the progress handler.
-                if db.stop_signal is not None:
-                    raise _Stop(db.stop_signal, "rolled back")
+                if db.stopped is not None:
+                    raise _Stop(db.stopped, "rolled back")
+                if db.yield_at is not None and time.perf_counter() >= db.yield_at:
+                    raise _Yield()
                 if log is not None:
                     log(_describe_statement(step.name, number, statement,
                                             time.perf_counter() - started))
         except (sqlite3.Error, sqlite3.Warning, ValueError) as exc:
-            if db.stop_signal is not None:
-                raise _Stop(db.stop_signal, "rolled back") from None
+            instead = db.interruption()
+            if instead is not None:
+                raise instead from None
             described = _describe_sqlite_error(exc, self.path)
             unwritable = isinstance(described, DatabaseWriteError)
             raise MigrationFailed(step.name, step.path, str(described if unwritable else exc),
@@ -2752,12 +2725,17 @@ class SQLiteTarget(Target):
                     f"it leaves rows whose foreign keys point nowhere: {broken}"
                     " (PRAGMA foreign_key_check; D1 enforces foreign keys)", action=step.action)
         duration_ms = (time.perf_counter() - started) * 1000.0
-        for sql, params in step.record(duration_ms):
-            self.db.admin(sql, params)
+        try:
+            for sql, params in step.record(duration_ms):
+                self.db.admin(sql, params)
+        except sqlite3.Error as exc:  # a trigger, a constraint: the step fails with it
+            raise MigrationFailed(step.name, step.path,
+                                  f"{exc} (recording it in {TRACKING_TABLE} failed)",
+                                  action=step.action) from exc
         return duration_ms
 
     @contextmanager
-    def _pragmas_first(self, step: Step) -> Iterator[int]:
+    def pragmas_first(self, step: Step) -> Iterator[int]:
         """Run a file's leading PRAGMA foreign_keys before its transaction
         (a no-op inside one, as SQLite documents); yield how many statements
         that was, and restore the setting after.  With foreign_keys on, they
@@ -2765,11 +2743,268 @@ class SQLiteTarget(Target):
         hoisted = 0 if self.foreign_keys else step.hoisted
         try:
             if hoisted:
-                self._execute(step, step.statements[:hoisted])
+                self.execute(step, step.statements[:hoisted])
             yield hoisted
         finally:
             if hoisted and self.db.conn is not None:
                 self.db.conn.execute(f"PRAGMA foreign_keys = {self.db.foreign_keys_default}")
+
+    def _foreign_key_violations(self) -> Optional[str]:
+        """PRAGMA foreign_key_check, as text for a message; None if clean."""
+        try:
+            broken = self.db.admin("PRAGMA foreign_key_check").fetchall()
+        except sqlite3.Error:
+            # The progress handler aborts a long check on Ctrl-C.
+            instead = self.db.interruption()
+            if instead is not None:
+                raise instead from None
+            raise
+        if not broken:
+            return None
+        shown = ", ".join(f"{table} rowid {rowid} -> {parent}"
+                          for table, rowid, parent, _ in broken[:5])
+        return shown + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+
+    def check_orphans(self, step: Step) -> None:
+        """With foreign_keys the check runs after each step, so it must hold
+        before the first: otherwise old orphans would be blamed on it."""
+        if not self.foreign_keys or self.orphans_checked:
+            return
+        broken = self._foreign_key_violations()
+        if broken:
+            done = "applied" if step.action == "apply" else "rolled back"
+            raise MigrationError(
+                f"Database {self.path} already has rows whose foreign keys point"
+                f" nowhere ({broken}); {_opt('foreign_keys')} checks after each migration,"
+                f" so fix these rows first. Nothing was {done}.")
+        self.orphans_checked = True
+
+
+class SQLiteTarget(Target):
+    """A local SQLite database file (wrangler's local D1 file included).
+
+    A step and its bookkeeping commit together, and any failure, Ctrl-C
+    included, rolls both back before the exception leaves.  With
+    create_folder, a missing folder of the database is made (wrangler's
+    state folder, which wrangler makes on first use).  Output goes
+    only through the optional callbacks: ``log`` gets one line per
+    statement with its timing, ``on_slow_statement`` is called a few times
+    a second while one statement has run longer than two seconds.
+    """
+
+    def __init__(self, path: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                 foreign_keys: bool = False,
+                 log: Optional[Callable[[str], None]] = None,
+                 on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
+                 create_folder: bool = False):
+        self.path = self.name = path
+        self.foreign_keys = foreign_keys
+        self.log = log
+        self.db = _SQLiteConnection(path, check_seconds("lock_timeout", lock_timeout),
+                                    foreign_keys, on_slow_statement, create_folder)
+        self._seen_version: Optional[int] = None  # data_version when the record was read
+        self._capture = True
+        self.steps = _SQLiteSteps(self.db, path, foreign_keys, log)
+
+    # -- the interface ------------------------------------------------------
+
+    def open(self, mode: str) -> bool:
+        return self.db.open(mode)
+
+    def query(self, sql: str, params: tuple = ()) -> List[tuple]:
+        if self._capture and not self.db.conn.in_transaction:  # type: ignore[union-attr]
+            # The first read since our last write: what run() compares with
+            # to learn whether another process wrote since (data_version
+            # changes only with other connections' commits).
+            self._seen_version = self.db.data_version()
+            self._capture = False
+        return self.db.wait_for_lock(sql, params).fetchall()
+
+    def ensure(self, entries: List[Entry]) -> None:
+        self.db.begin()
+        try:
+            for sql, params in entries:
+                self.db.admin(sql, params)
+            self.db.commit()
+        except BaseException:
+            self.db.abandon()
+            raise
+        self._capture = True
+
+    write = ensure  # one transaction either way; nothing here is sent twice
+
+    def run(self, steps: List[Step]) -> Ran:
+        """Group commit: the steps run, each in a savepoint, in one
+        transaction, committed once GROUP_COMMIT_SECONDS have passed since
+        it began, at a stop, before a step that must begin outside a
+        transaction, and before a step that runs long (that one is stopped
+        once it has run GROUP_COMMIT_SECONDS, and runs again first in the
+        next call).  A failing step is rolled back to its savepoint and
+        those before it commit."""
+        ran, error, began, lost = self._group(steps, GROUP_COMMIT_SECONDS)
+        held = [step for step, _ in ran]
+        if not lost or not held:
+            return Ran([] if lost else ran, [], error, began)
+        if isinstance(error, _Locked):
+            return Ran([], ran[:-1], error, began)
+        # The database rolled back the whole transaction (an aborted INSERT
+        # or UPDATE does that, as does a full disk) or could not commit it:
+        # what it held runs again, so that each step's fate is what one
+        # commit per migration would have made it.  Those steps ran before:
+        # a stop waits for them, unless it comes while waiting for the lock.
+        done: List[Tuple[Step, Optional[float]]] = []
+        with self.db.held_stops():
+            try:
+                again, failure, when, lost = self._group(held, None)
+                if lost and isinstance(failure, _Stop):
+                    return Ran([], ran, failure, None)
+                if not lost:
+                    return Ran(again, [], error if failure is None else failure,
+                               began if failure is None else when)
+                for number, step in enumerate(held):  # to find the one that fails
+                    again, failure, when, _ = self._group([step], None)
+                    done += again
+                    if failure is not None:
+                        return Ran(done, [], failure, when)
+            except _Stop as stop:  # while waiting for the lock
+                return Ran(done, ran[len(done):], stop, None)
+        return Ran(done, [], error, began)
+
+    def _group(self, steps: List[Step], seconds: Optional[float]
+               ) -> "tuple[list, Optional[BaseException], Optional[tuple], bool]":
+        """One transaction of steps from the front of `steps` (all of them
+        when seconds is None): what ran, committed unless lost; the error
+        that ended it early and when its step began; whether the
+        transaction was lost with what it held."""
+        db = self.db
+        ran: list = []
+        error: Optional[BaseException] = None
+        began = None
+        with self.steps.pragmas_first(steps[0]) as hoisted:
+            db.begin()
+            try:
+                # Another process wrote since the engine read the record:
+                # follow what it did.
+                changed = db.data_version() != self._seen_version
+                now = time.perf_counter()
+                deadline = None if seconds is None else now + seconds
+                for step in steps:
+                    if ran and (hoisted or self._hoists(step) or db.stop_signal is not None
+                                or (deadline is not None and time.perf_counter() >= deadline)):
+                        break
+                    began = (time.time(), time.perf_counter())
+                    try:
+                        if changed and step.settled():
+                            ran.append((step, None))
+                            continue
+                    except MigrationError as exc:
+                        error = exc
+                        break
+                    changed = False
+                    db.admin(SQL_SAVEPOINT)
+                    if ran and seconds is not None:
+                        db.yield_at, db.yielded = began[1] + seconds, False
+                    try:
+                        ran.append((step, self.steps.run(step, hoisted if step is steps[0] else 0, self.query)))
+                    except (MigrationError, _Stop, _Yield) as exc:
+                        if not isinstance(exc, _Yield):
+                            error = exc
+                        if db.conn.in_transaction:  # type: ignore[union-attr]
+                            db.admin(SQL_ROLLBACK_TO)
+                            db.admin(SQL_RELEASE)
+                        break
+                    finally:
+                        db.yield_at = None
+                    db.admin(SQL_RELEASE)
+                if not db.conn.in_transaction:  # type: ignore[union-attr]
+                    return ran, error, began, True
+                try:
+                    db.commit()
+                except (sqlite3.Error, MigrationError, _Stop) as exc:
+                    db.abandon()
+                    if isinstance(exc, _Locked) and len(ran) > 1:
+                        # Waiting again would wait as long: the last step
+                        # fails, those before it are undone with it.
+                        return ran, exc, began, True
+                    if len(ran) != 1 or isinstance(exc, _Stop):
+                        return ran, exc if isinstance(exc, _Stop) else error, began, True
+                    step = ran[0][0]
+                    failure = MigrationFailed(step.name, step.path,
+                                              f"{exc} at COMMIT; it was rolled back",
+                                              action=step.action)
+                    failure.__cause__ = exc
+                    return [], failure, began, False
+            except BaseException:
+                db.abandon()
+                raise
+        self._capture = True
+        return ran, error, began, False
+
+    def _hoists(self, step: Step) -> bool:
+        return bool(step.hoisted) and not self.foreign_keys
+
+    def run_all(self, ensure: List[Entry], plan: Callable[[], List[Step]], commit: bool,
+                on_ran: Callable[[Step, float], None]) -> None:
+        self.db.begin()
+        try:
+            for sql, params in ensure:
+                self.db.admin(sql, params)
+            steps = plan()
+            if not self.foreign_keys:
+                self._refuse_hoisting(steps, "single_transaction" if commit else "dry_run")
+            for step in steps:
+                on_ran(step, self.steps.run(step, 0, self.query))
+            if self.db.stop_signal is not None:
+                raise _Stop(self.db.stop_signal, "rolled back")
+            if not commit:
+                self.db.abandon()
+                return
+            try:
+                self.db.commit()
+            except sqlite3.Error as exc:
+                raise MigrationError(
+                    f"Failed to commit the run to {self.path}: {exc} at COMMIT; rolled back the"
+                    f" whole run ({_opt('single_transaction')}): nothing was applied") from exc
+        except BaseException:
+            self.db.abandon()
+            raise
+
+    def request_stop(self, signum: int) -> None:
+        self.db.request_stop(signum)
+
+    def close(self) -> None:
+        self.db.close()
+        self.steps.orphans_checked = False
+
+    def backup(self, path: Optional[str] = None) -> str:
+        """Copy the database with SQLite's online backup API (not inside a
+        write transaction: the API reports SQLITE_LOCKED for ever there);
+        returns the copy's path.  Without a path: beside the database, with
+        the UTC time in the name."""
+        if path is None:
+            stem, ext = os.path.splitext(self.path)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            path = f"{stem}-backup-{stamp}{ext or '.db'}"
+            serial = 1
+            while os.path.exists(path):  # two runs within one second
+                serial += 1
+                path = f"{stem}-backup-{stamp}-{serial}{ext or '.db'}"
+        if os.path.exists(path):
+            raise MigrationError(
+                f"Backup file {path} already exists; nothing was applied. Move it away"
+                f" or name another with {_opt('backup')} PATH")
+        try:
+            copy = sqlite3.connect(path)
+            try:
+                self.db.conn.backup(copy)  # type: ignore[union-attr]
+            finally:
+                copy.close()
+        except (sqlite3.Error, OSError) as exc:
+            if os.path.exists(path):
+                os.remove(path)
+            raise MigrationError(
+                f"Backup of {self.path} to {path} failed ({exc}); nothing was applied") from None
+        return path
 
     @staticmethod
     def _refuse_hoisting(steps: List[Step], option: str) -> None:
@@ -2783,35 +3018,6 @@ class SQLiteTarget(Target):
                     f"it starts with PRAGMA foreign_keys, which SQLite honours only"
                     f" outside a transaction, so {_opt(option)} cannot run it as apply does;"
                     f" apply without {_opt(option)}", number, statement.line, statement.sql)
-
-    def _foreign_key_violations(self) -> Optional[str]:
-        """PRAGMA foreign_key_check, as text for a message; None if clean."""
-        try:
-            broken = self.db.admin("PRAGMA foreign_key_check").fetchall()
-        except sqlite3.Error:
-            # The progress handler aborts a long check on Ctrl-C.
-            if self.db.stop_signal is not None:
-                raise _Stop(self.db.stop_signal, "rolled back") from None
-            raise
-        if not broken:
-            return None
-        shown = ", ".join(f"{table} rowid {rowid} -> {parent}"
-                          for table, rowid, parent, _ in broken[:5])
-        return shown + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
-
-    def _check_orphans(self, step: Step) -> None:
-        """With foreign_keys the check runs after each step, so it must hold
-        before the first: otherwise old orphans would be blamed on it."""
-        if not self.foreign_keys or self._orphans_checked:
-            return
-        broken = self._foreign_key_violations()
-        if broken:
-            done = "applied" if step.action == "apply" else "rolled back"
-            raise MigrationError(
-                f"Database {self.path} already has rows whose foreign keys point"
-                f" nowhere ({broken}); {_opt('foreign_keys')} checks after each migration,"
-                f" so fix these rows first. Nothing was {done}.")
-        self._orphans_checked = True
 
 
 # ==========================================================================
@@ -3068,7 +3274,80 @@ class D1Target(Target):
         self._check_stop(None)  # after a stop, nothing more is sent
         self.client.batch(entries)
 
-    def run(self, step: Step) -> Optional[float]:
+    def run(self, steps: List[Step]) -> Ran:
+        """Consecutive small steps that need no read of the schema first go
+        as one batch (D1 commits it wholly or not at all); if it fails, each
+        is sent alone, so that the failing one is found and named, and those
+        before it applied.  Any other step goes alone."""
+        group = self._group_of(steps)
+        if len(group) == 1:
+            return Ran([(group[0], self._run_one(group[0]))], [], None, None)
+        owns = [self._entries(step) + step.record(None) for step in group]
+        self._check_stop("not sent")
+        try:
+            results = self.client.batch([entry for own in owns for entry in own])
+        except D1Unsure:
+            # It may have run: all of it or none, and the record says which.
+            if self._stop_signal is not None:
+                raise _Stop(self._stop_signal, "unknown", len(group))
+            if group[-1].settled():
+                return Ran([(step, 0.0) for step in group], [], None, None)
+            return self._one_by_one(group)
+        except D1Error:
+            return self._one_by_one(group)
+        done: List[Tuple[Step, Optional[float]]] = []
+        amend: List[Entry] = []
+        offset = 0
+        for step, own in zip(group, owns):
+            duration = _d1_duration(results[offset:offset + len(step.statements)])
+            amend += step.amend(duration)
+            done.append((step, duration))
+            offset += len(own)
+        self._amend(amend)
+        return Ran(done, [], None, None)
+
+    def _group_of(self, steps: List[Step]) -> List[Step]:
+        """The steps from the front that go in one batch: small ones whose
+        guard reads nothing (one that does must read the schema as the
+        steps before it left it), up to D1_GROUP_STEPS and D1_GROUP_BYTES."""
+        size = 0
+        for count, step in enumerate(steps[:D1_GROUP_STEPS]):
+            size += sum(len(statement.sql) for _, statement in step.statements)
+            if count and (size > D1_GROUP_BYTES or self._reads_schema(step)):
+                return steps[:count]
+            if not count and self._reads_schema(step):
+                return steps[:1]
+        return steps[:D1_GROUP_STEPS]
+
+    @staticmethod
+    def _reads_schema(step: Step) -> bool:
+        def refuse(sql: str, params: tuple = ()) -> List[tuple]:
+            raise LookupError(sql)
+        try:
+            step.guard(refuse)
+        except LookupError:
+            return True
+        return False
+
+    def _one_by_one(self, steps: List[Step]) -> Ran:
+        done: List[Tuple[Step, Optional[float]]] = []
+        for step in steps:
+            began = (time.time(), time.perf_counter())
+            try:
+                done.append((step, self._run_one(step)))
+            except (MigrationError, _Stop) as exc:
+                return Ran(done, [], exc, began)
+        return Ran(done, [], None, None)
+
+    def _amend(self, entries: List[Entry]) -> None:
+        """Correct the recorded durations, from D1's answer."""
+        try:
+            if entries and self._stop_signal is None:  # after a stop, nothing more is sent
+                self.client.batch(entries, idempotent=True)
+        except D1Error:
+            pass  # only the recorded durations are lost
+
+    def _run_one(self, step: Step) -> Optional[float]:
         guard = step.guard(self.query)
         entries = guard.before + self._entries(step) + guard.after + step.record(None)
         for attempt in range(self.client.retries + 1):
@@ -3093,12 +3372,7 @@ class D1Target(Target):
                 raise self._locate(step, exc) from None
             first = len(guard.before)
             duration = _d1_duration(result[first:first + len(step.statements)])
-            amend = step.amend(duration)
-            try:
-                if amend and self._stop_signal is None:  # after a stop, nothing more is sent
-                    self.client.batch(amend, idempotent=True)
-            except D1Error:
-                pass  # only the recorded duration is lost
+            self._amend(step.amend(duration))
             return duration
         raise AssertionError("unreachable")
 
@@ -4466,6 +4740,15 @@ def _ending(report: RunReport, interrupted: Callable[[_Stop], Interrupted]) -> I
         report.elapsed_ms = (time.perf_counter() - report.started) * 1000
 
 
+def _apply_interrupted(report: RunReport, stop: _Stop, whole: bool) -> Interrupted:
+    """The Interrupted that says what an apply did before a stop."""
+    current = [o.name for o in report.having(INTERRUPTED, UNKNOWN, NOT_SENT)]
+    if len(current) > 1:  # remote: one batch of several
+        current = [f"{current[0]} to {current[-1]} (one batch)"]
+    return Interrupted(stop.signum, 0 if whole else len(report.having(APPLIED)),
+                       current[-1] if current else None, stop.state, whole)
+
+
 class Migrator:
     """Applies, inspects and rolls back the migrations of one folder on one
     database: a file path (local SQLite) or a Target (D1Target for remote D1).
@@ -4641,31 +4924,27 @@ class Migrator:
     def apply(self, target: Optional[str] = None, *, allow_out_of_order: bool = False,
               single_transaction: bool = False, dry_run: bool = False,
               backup: Union[None, bool, str] = None, bookmark: bool = True,
-              allow_row_loss: bool = False) -> RunReport:
+              allow_row_loss: bool = False, commit_each: bool = False) -> RunReport:
         """Apply the pending migrations in order (up to `target`).
 
-        Each one commits together with its tracking row.  On a failure the run
-        stops: earlier migrations stay applied, the failing one leaves nothing
-        and later ones are not tried.  With single_transaction the whole run
-        is one transaction, and a failure leaves the database as it was.  A
-        dry_run does the same and always rolls back.  With backup (True, or a
-        path) a local database is copied first, when something is pending; a
-        remote D1 database's Time Travel bookmark is taken first unless
-        bookmark is False.  A migration that would take rows from a table it
-        does not name, through a foreign key's ON DELETE action, fails
-        unless allow_row_loss.
+        Each runs with its tracking row, all or nothing.  On a failure the
+        run stops: earlier migrations stay applied, the failing one leaves
+        nothing, later ones are not tried.  Group commit (GROUP_COMMIT_SECONDS;
+        on D1, small ones in one request) unless commit_each; each is reported
+        once committed.  With single_transaction the whole run is one
+        transaction: a failure leaves the database as it was; dry_run too,
+        always rolled back.  With backup (True, or a path) a local database
+        is copied first, when something is pending; a remote D1 database's
+        Time Travel bookmark is taken first unless bookmark is False.  A
+        migration that would take rows from a table it does not name,
+        through a foreign key's ON DELETE action, fails unless allow_row_loss.
         """
         report = self._new_report("apply", dry_run, single_transaction)
         report.target = target
-        run = _Run(self, report, target, allow_out_of_order, backup, bookmark, allow_row_loss)
+        run = _Run(self, report, target, allow_out_of_order, backup, bookmark, allow_row_loss,
+                   commit_each=commit_each)
         whole = single_transaction or dry_run
-
-        def interrupted(stop: _Stop) -> Interrupted:
-            current = [o.name for o in report.having(INTERRUPTED, UNKNOWN, NOT_SENT)]
-            return Interrupted(stop.signum, 0 if whole else len(report.having(APPLIED)),
-                               current[-1] if current else None, stop.state, whole)
-
-        with _ending(report, interrupted):
+        with _ending(report, lambda stop: _apply_interrupted(report, stop, whole)):
             scan = self.scan("Nothing was applied.")
             report.migrations = len(scan.migrations)
             report.warnings = self.warnings
@@ -4727,7 +5006,7 @@ class Migrator:
             known = self.target.cheap_reads and run.known(record)
             run.restore_point()
             self._check_stop()
-            run.run(step, 1, ROLLED_BACK)
+            run.run([step], 0, ROLLED_BACK)
             if known and report.having(ROLLED_BACK):
                 run.note_schema()
         return report
@@ -4773,7 +5052,8 @@ class _Run:
     def __init__(self, migrator: Migrator, report: RunReport, target: Optional[str] = None,
                  allow_out_of_order: bool = False, backup: Union[None, bool, str] = None,
                  bookmark: bool = True, allow_row_loss: bool = False,
-                 allow_data_loss: bool = False, record_only: bool = False):
+                 allow_data_loss: bool = False, record_only: bool = False,
+                 commit_each: bool = False):
         self.migrator = migrator
         self.book = migrator.book
         self.db = migrator.target
@@ -4785,6 +5065,7 @@ class _Run:
         self.allow_row_loss = allow_row_loss
         self.allow_data_loss = allow_data_loss
         self.record_only = record_only
+        self.commit_each = commit_each
 
     def each(self) -> None:
         """Each pending migration in its own transaction."""
@@ -4803,9 +5084,10 @@ class _Run:
         report.planned = len(steps)
         known = bool(steps) and self.db.cheap_reads and self.known(record)
         try:
-            for index, step in enumerate(steps, 1):
+            done = 0
+            while done < len(steps):
                 migrator._check_stop()
-                self.run(step, index, APPLIED)
+                done = self.run(steps, done, APPLIED)
         finally:
             if known and report.having(APPLIED):
                 self.note_schema()
@@ -4889,7 +5171,8 @@ class _Run:
     def rollback_step(self, row: AppliedRow, record: Record, version: Optional[str],
                       force: bool) -> Step:
         path = os.path.join(self.migrator.migrations_dir, DOWN_DIR, row.name + ".sql")
-        exists = os.path.lexists(path)
+        # record_only removes the record alone, even when a down script exists
+        exists = os.path.lexists(path) and not self.record_only
         statements: List[Tuple[int, Statement]] = []
         if exists:
             problem = _not_a_file(path)
@@ -4936,20 +5219,34 @@ class _Run:
             return no_guard
         return guard_for(changes_of([statement for _, statement in statements]))
 
-    def run(self, step: Step, index: int, done: str) -> None:
-        """One step through the target, and its outcome reported."""
-        started, clock = time.time(), time.perf_counter()
+    def run(self, steps: List[Step], start: int, result: str) -> int:
+        """Steps from steps[start] through the target, as many as it commits
+        together (one with commit_each), and their outcomes reported once
+        they are committed; returns how many steps are done."""
+        began = (time.time(), time.perf_counter())
         try:
-            duration = self.db.run(step)
-        except _Stop as stop:
-            if stop.state in _STOP_RESULTS:
-                self.report(step, index, _STOP_RESULTS[stop.state], None,
-                            started=(started, clock))
-            raise
-        except MigrationError as exc:
-            self.report(step, index, FAILED, None, exc, started=(started, clock))
-            raise
-        self.report(step, index, done if duration is not None else SKIPPED, duration)
+            ran = self.db.run(steps[start:start + 1] if self.commit_each else steps[start:])
+        except (MigrationError, _Stop) as exc:
+            ran = Ran([], [], exc, began)
+        index = start
+        for step, ms in ran.done:
+            index += 1
+            self.report(step, index, result if ms is not None else SKIPPED, ms)
+        for step, ms in ran.undone:
+            index += 1
+            self.report(step, index, UNDONE, ms)
+        error = ran.error
+        if error is None:
+            return index
+        step = steps[index] if index < len(steps) else None
+        if isinstance(error, _Stop):
+            if step is not None and error.state in _STOP_RESULTS:
+                for number, step in enumerate(steps[index:index + error.steps], index + 1):
+                    self.report(step, number, _STOP_RESULTS[error.state], None,
+                                started=ran.began)
+        elif step is not None and isinstance(error, MigrationError):
+            self.report(step, index + 1, FAILED, None, error, started=ran.began)
+        raise error
 
     def report(self, step: Step, index: int, result: str, duration_ms: Optional[float],
                error: Optional[MigrationError] = None,
@@ -5740,7 +6037,7 @@ def cmd_apply(options: Options, console: Console) -> int:
                 options.target, allow_out_of_order=options.allow_out_of_order,
                 single_transaction=options.single_transaction, dry_run=options.dry_run,
                 backup=options.backup, bookmark=options.bookmark,
-                allow_row_loss=options.allow_row_loss)
+                allow_row_loss=options.allow_row_loss, commit_each=options.commit_each)
         except MigrationError as exc:
             if exc.report is not None:
                 show_apply(console, exc.report)
@@ -6082,6 +6379,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="apply pending migrations numbered below the highest applied one")
     apply.add_argument("--single-transaction", action="store_true",
                        help="apply all pending migrations in one transaction: all or nothing")
+    apply.add_argument("--commit-each", action="store_true",
+                       help="commit after each migration (default: group commit, a commit"
+                            f" every {GROUP_COMMIT_SECONDS:g} s; on D1, consecutive small"
+                            " migrations in one request)")
     apply.add_argument("--dry-run", action="store_true",
                        help="run the pending migrations in a transaction that is rolled back")
     apply.add_argument("--backup", metavar="PATH", nargs="?", const=True,

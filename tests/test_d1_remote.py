@@ -763,7 +763,7 @@ def test_503_after_d1_committed_is_not_applied_twice(write_migration, remote_inp
     write_migration("0002_tags.sql", M2)
     write_migration("0003_more.sql", "INSERT INTO items (name) VALUES ('three');\n")
     proxy.fault(is_migration_batch("0002"), "503-after")
-    code, out, err = remote_inproc("apply", "--http-retries", "2")
+    code, out, err = remote_inproc("apply", "--http-retries", "2", "--commit-each")
     assert code == 0, err
     assert "Applied 3 migrations" in out
     sends = proxy.migration_sends("0002")
@@ -878,11 +878,13 @@ def test_wrangler_table_kept_in_step_remotely(write_migration, remote, d1: D1Api
     assert code == 0, err
     assert d1.wrangler_rows() == ["0001_items.sql", "0002_tags.sql"]
     for version, filename in (("0001", "0001_items.sql"), ("0002", "0002_tags.sql")):
-        (sent,) = proxy.migration_sends(version)
-        tail = sent["body"]["batch"][-2:]
-        assert tail[0]["sql"].startswith(TRACKING_INSERT)
-        assert tail[1]["sql"].startswith('INSERT INTO "d1_migrations"')
-        assert tail[1]["params"] == [filename]
+        (sent,) = proxy.migration_sends(version)  # both in one batch (group commit)
+        batch = sent["body"]["batch"]
+        (at,) = [i for i, entry in enumerate(batch)
+                 if entry["sql"].startswith('INSERT INTO "d1_migrations"')
+                 and entry["params"] == [filename]]
+        assert batch[at - 1]["sql"].startswith(TRACKING_INSERT)
+        assert batch[at - 1]["params"][0] == version
 
     code, out, err = remote("rollback", "--wrangler")
     assert code == 0, err

@@ -814,7 +814,7 @@ def test_out_of_order_rechecked_after_another_process_applied_a_later_one(
     migrator = apply_migrations.Migrator(str(db), str(folder), on_outcome=on_outcome)
     try:
         with pytest.raises(apply_migrations.MigrationFileError) as raised:
-            migrator.apply()
+            migrator.apply(commit_each=True)  # the other process runs between two commits
         lock_is_free(db)
     finally:
         migrator.close()

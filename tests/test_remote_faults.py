@@ -229,7 +229,9 @@ def signal_while_held(fake: FakeD1, project: Path, signum: int,
     """Start `apply --d1-remote`, signal it once 0002's batch is held at the
     fake, give the handler 0.2 s, then release the batch: the time of the
     signal, and the tool's (code, stdout, stderr)."""
-    proc = start_tool(fake, project, ["apply", "--d1-remote", "--http-timeout", "10"])
+    # One batch per migration, so that 0002's is alone in flight.
+    proc = start_tool(fake, project, ["apply", "--d1-remote", "--http-timeout", "10",
+                                      "--commit-each"])
     try:
         wait_until(lambda: sends(fake, "0002"), "the batch of 0002")
         stopped_at = time.monotonic()
@@ -276,7 +278,8 @@ def test_signal_while_waiting_to_resend_a_refused_batch_stops_without_sending(
     then waits D1Client.backoff (1 s in a subprocess) to send again."""
     three_migrations(write_migration)
     fake.push(respond(503, execute=False, match=is_batch("0002")))
-    proc = start_tool(fake, project, ["apply", "--d1-remote", "--http-timeout", "10"])
+    proc = start_tool(fake, project, ["apply", "--d1-remote", "--http-timeout", "10",
+                                      "--commit-each"])
 
     def record_read_after_refusal() -> bool:
         refused = sends(fake, "0002")
@@ -390,7 +393,7 @@ def test_batch_refused_because_another_run_applied_it_is_skipped(write_migration
         return None  # then this run's batch runs, and fails on the key
 
     when(fake, is_batch("0002"), apply_it_first)
-    code, out, err = remote_cli("apply", "--json")
+    code, out, err = remote_cli("apply", "--json", "--commit-each")
     assert other_run, "the other run did not happen"
     assert [r["status"] for r in sends(fake, "0002")] == [400]  # refused on the key
     assert code == 0, err

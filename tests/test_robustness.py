@@ -309,8 +309,9 @@ def test_migrations_another_process_applied_meanwhile_are_skipped(project, run_s
         if outcome.position == 1:
             other.append(run_subprocess(["apply", "-q"]))
 
+    # One commit per migration, so that the other process runs between two.
     with apply_migrations.Migrator(str(db), str(folder), on_outcome=on_outcome) as migrator:
-        report = migrator.apply()
+        report = migrator.apply(commit_each=True)
     assert other and other[0][0] == 0, other
     assert [o.name for o in report.applied] == ["0001_t0001"]
     assert [o.result for o in report.outcomes] == ["applied", "skipped", "skipped", "skipped"]
