@@ -36,6 +36,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from floor import CREATE_TRACKING  # noqa: E402  (byte for byte the tool's table)
+
+SQLITE3_CLI = shutil.which("sqlite3")
+# The remote figure: migrations, and the fake D1's delay per request (a round
+# trip to Cloudflare is tens of milliseconds).
+REMOTE_N = 100
+REMOTE_DELAY_S = 0.02
 TOOL = os.path.join(REPO, "apply_migrations.py")
 FLOOR = os.path.join(HERE, "floor.py")
 DEFAULT_JSON = os.path.join(HERE, "results", "latest.json")
@@ -582,6 +590,104 @@ class Bench:
             return result
         return run
 
+    def cli_script(self, n, single):
+        """The sqlite3 CLI's script for the N migrations: the tracking table
+        (its own commit, as the tool makes it), then each file read by the
+        CLI with its tracking row, in one transaction each (single: all in
+        one).  Written once, outside the timing."""
+        folder = self.migrations(n)
+        path = os.path.join(self.work, "cli-%d%s.sql" % (n, "-single" if single else ""))
+        if os.path.exists(path):
+            return path
+        lines = [CREATE_TRACKING + ";"]
+        if single:
+            lines.append("BEGIN IMMEDIATE;")
+        for name in sorted(x for x in os.listdir(folder) if x.endswith(".sql")):
+            with open(os.path.join(folder, name), "rb") as handle:
+                checksum = hashlib.sha256(handle.read()).hexdigest()
+            if not single:
+                lines.append("BEGIN IMMEDIATE;")
+            lines.append(".read '%s'" % os.path.join(folder, name).replace("'", "''"))
+            lines.append(
+                "INSERT INTO \"schema_migrations\" (version, name, checksum, applied_at,"
+                " duration_ms) VALUES ('%s', '%s', '%s', strftime('%%Y-%%m-%%dT%%H:%%M:%%SZ',"
+                " 'now'), 0);" % (name.split("_", 1)[0], name[:-4].replace("'", "''"), checksum))
+            if not single:
+                lines.append("COMMIT;")
+        if single:
+            lines.append("COMMIT;")
+        with open(path, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        return path
+
+    def cli_series(self, n, single, commit_each=False, runs=None):
+        """The tool's apply (group commit, or --commit-each) against the sqlite3
+        CLI running the same files: one transaction each, or all in one."""
+        folder = self.migrations(n)
+        script = self.cli_script(n, single)
+        key = "apply_%d%s%s" % (n, "_cli_single" if single else "",
+                                "_commit_each" if commit_each else "")
+        label = "apply%s N=%d vs the sqlite3 CLI, %s" % (
+            " --commit-each" if commit_each else "", n,
+            "all files in one transaction" if single else "one transaction per file")
+        series = Series(key, label)
+        self.schemas = {}
+        extra = ["--commit-each"] if commit_each else []
+        tool_run = self._applier(key + "-tool", folder, n, lambda db, d: self.tool_cmd(
+            "apply", "--db-path", db, "--migrations-dir", d, *extra), check_against=True,
+            env=self.tool_env())
+        floor_run = self._applier(key + "-cli", folder, n, lambda db, d: [
+            SQLITE3_CLI, "-bail", db, ".read '%s'" % script.replace("'", "''")],
+            check_against=True)
+        self.log("%s ..." % label)
+        paired(series, runs or self.args.runs, tool_run, floor_run, log=self.log)
+        schemas = list(self.schemas.values())
+        if len(schemas) == 2 and schemas[0] != schemas[1]:
+            raise ChildFailed("%s: the tool and the CLI built different schemas" % label)
+        self.series[key] = series
+
+    def remote_series(self):
+        """apply --d1-remote of REMOTE_N small migrations against the fake D1
+        (tests/fake_d1.py) answering each request after REMOTE_DELAY_S:
+        requests and time, group batches against --commit-each."""
+        sys.path.insert(0, os.path.join(REPO, "tests"))
+        try:
+            from fake_d1 import FakeD1, remote_env
+        except ImportError:
+            self.log("the remote figure needs tests/fake_d1.py beside bench/: skipped")
+            return
+        folder = os.path.join(self.work, "remote")
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+            for i in range(1, REMOTE_N + 1):
+                with open(os.path.join(folder, "%04d_table_%d.sql" % (i, i)), "w") as handle:
+                    handle.write("CREATE TABLE t%d (id INTEGER PRIMARY KEY, name TEXT);\n"
+                                 "INSERT INTO t%d (name) VALUES ('x');\n" % (i, i))
+        series = Series("remote_%d" % REMOTE_N, "apply --d1-remote N=%d, %d ms per request,"
+                        " vs --commit-each" % (REMOTE_N, REMOTE_DELAY_S * 1000))
+        requests = {"tool": [], "floor": []}
+
+        def runner(who, extra):
+            def run(tag):
+                with FakeD1() as fake:
+                    fake.delay = REMOTE_DELAY_S
+                    env = dict(self.tool_env() or os.environ, **remote_env(fake))
+                    result = run_child(self.tool_cmd("apply", "--d1-remote", "--migrations-dir",
+                                                     folder, *extra), env=env)
+                    if len(fake.tracking()) != REMOTE_N:
+                        raise ChildFailed("remote apply: %d tracked, expected %d"
+                                          % (len(fake.tracking()), REMOTE_N))
+                    if tag != "warmup":
+                        requests[who].append(fake.request_count)
+                return result
+            return run
+
+        self.log("%s ..." % series.label)
+        paired(series, max(3, self.args.runs // 2), runner("tool", []),
+               runner("floor", ["--commit-each"]), log=self.log)
+        self.series[series.key] = series
+        self.extra["remote_requests"] = requests
+
     def apply_series(self, n, single=False, nosync=False, runs=None, script=False):
         folder = self.migrations(n)
         key = "apply_%d%s%s" % (n, "_single" if single else "", "_script" if script else "")
@@ -836,9 +942,11 @@ def machine_info(python, work):
 
 # key -> (kind, limit, text): ratio of medians of pairs, tool median ms, tool median RSS MB
 TARGETS = {
-    "apply_100": ("ratio", 1.2, "<= 1.20x floor"),
-    "apply_1000": ("ratio", 1.05, "<= 1.05x floor"),
+    "apply_100": ("ratio", 0.6, "<= 0.60x CLI"),
+    "apply_1000": ("ratio", 0.4, "<= 0.40x CLI"),
+    "apply_1000_cli_single": ("ratio", 1.25, "<= 1.25x CLI"),
     "apply_1000_single": ("ratio", 1.1, "<= 1.10x floor"),
+    "remote_requests": ("count", 10, "<= 10 requests"),
     "status_1000": ("ms", 150.0, "< 150 ms"),
     "noop_1000": ("ms", 150.0, "< 150 ms"),
     "big_insert": ("ms", 1000.0, "< 1 s"),
@@ -889,6 +997,13 @@ def build_rows(bench):
             target, verdict = _verdict(key + "_rss", tool_mb)
             rows.append((series.label + ": peak RSS", "%.1f MB" % tool_mb, "%.1f MB" % floor_mb,
                          "%.2fx" % (tool_mb / floor_mb), target, verdict, key + "_rss", tool_mb))
+    remote = bench.extra.get("remote_requests")
+    if remote and remote["tool"]:
+        value = statistics.median(remote["tool"])
+        target, verdict = _verdict("remote_requests", value)
+        rows.append(("apply --d1-remote N=%d: HTTP requests (floor: --commit-each)" % REMOTE_N,
+                     "%d" % value, "%d" % statistics.median(remote["floor"]), "-", target,
+                     verdict, "remote_requests", value))
     if "startup" in bench.series:
         s = bench.series["startup"]
         rows.append((s.label, fmt_ms(statistics.median(s.tool)), fmt_ms(statistics.median(s.floor)),
@@ -949,8 +1064,7 @@ def overhead_lines(bench):
             startup["CPU"] = statistics.median([t - f for t, f in zip(s.tool_cpu, s.floor_cpu)])
     for n in sorted(int(k[3:]) for k in bench.meta if k.startswith("gen")):
         meta = bench.meta["gen%d" % n]
-        for key, what in (("apply_%d" % n, "apply"),
-                          ("apply_%d_single" % n, "apply --single-transaction")):
+        for key, what in (("apply_%d_single" % n, "apply --single-transaction"),):
             if key not in bench.series:
                 continue
             series = bench.series[key]
@@ -1030,7 +1144,15 @@ def main(argv=None):
     error = None
     try:
         for n in sizes:
-            bench.apply_series(n, runs=args.large_runs if n == 5000 else None)
+            runs = args.large_runs if n == 5000 else None
+            if SQLITE3_CLI:
+                bench.cli_series(n, single=False, runs=runs)
+            else:  # no sqlite3 CLI on this machine: the Python floor only
+                bench.log("no sqlite3 CLI on PATH: apply is measured against the Python floor")
+                bench.apply_series(n, runs=runs)
+        if SQLITE3_CLI:
+            bench.cli_series(single_n, single=True)
+            bench.cli_series(single_n, single=False, commit_each=True)
         if not args.script:
             bench.apply_series(sizes[0], script=True)
         bench.apply_series(single_n, single=True)
@@ -1041,6 +1163,7 @@ def main(argv=None):
         if not args.script:
             bench.big_series("big_insert", script=True)
         bench.big_series("big_literal")
+        bench.remote_series()
         bench.startup_series()
         bench.import_time()
     except ChildFailed as exc:
