@@ -43,8 +43,12 @@ above it.
   9. Bookkeeping .......... the SQL that reads, creates, records and forgets the
                             record (the tool's table and wrangler's) and appends to
                             the history, for every target; HistoryEvent, history_stats
- 10. Targets .............. Target (the narrow interface), Step; SQLiteTarget
- 11. Remote D1 ............ D1Client (HTTP), D1Target
+ 10. Targets .............. Target (the narrow interface), Step, Ran; SQLiteTarget
+                            (group commit: savepoints in a transaction committed every
+                            GROUP_COMMIT_SECONDS) over _SQLiteSteps (one step's
+                            statements) over _SQLiteConnection (locks, stops)
+ 11. Remote D1 ............ D1Client (HTTP), D1Target (small migrations grouped in
+                            one batch, one per batch after a failure)
  12. Planning ............. plan_migrations, prepare_statements, choose_rollback,
                             choose_baseline, choose_accept;
                             what a migration drops, who references it, and the
@@ -105,12 +109,12 @@ if TYPE_CHECKING:
     from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
                         Union)
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 __all__ = [
     "Migrator", "RunReport", "Outcome", "MigrationStatus", "AppliedRow", "Migration",
     "HistoryEvent", "HistoryStats", "history_stats", "Audit",
-    "Options", "Target", "SQLiteTarget", "D1Target", "D1Client", "D1Settings",
+    "Options", "Target", "Step", "Ran", "SQLiteTarget", "D1Target", "D1Client", "D1Settings",
     "MigrationError", "ConfigurationError", "DatabaseConnectError", "DatabaseWriteError",
     "TrackingTableError", "MigrationFileError", "MigrationFailed", "Interrupted",
     "D1Error", "D1Unsure", "SQLSplitError", "InvalidUTF8",
@@ -2905,7 +2909,7 @@ class SQLiteTarget(Target):
                 now = time.perf_counter()
                 deadline = None if seconds is None else now + seconds
                 for step in steps:
-                    if ran and (hoisted or self._hoists(step) or db.stop_signal is not None
+                    if ran and (hoisted or self._hoists(step) or db.stopped is not None
                                 or (deadline is not None and time.perf_counter() >= deadline)):
                         break
                     began = (time.time(), time.perf_counter())
@@ -4965,6 +4969,9 @@ class Migrator:
             report.migrations = len(scan.migrations)
             report.warnings = self.warnings
             report.ignored = len(report.warnings)
+            if commit_each and single_transaction:
+                raise ConfigurationError(f"{_opt('commit_each')} and"
+                                         f" {_opt('single_transaction')} exclude each other")
             if backup is not None and dry_run:
                 raise ConfigurationError(f"{_opt('backup')} and {_opt('dry_run')} exclude each"
                                          " other: a dry run changes nothing")

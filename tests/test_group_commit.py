@@ -29,6 +29,15 @@ What each part holds to:
   - a signal lets a group in flight finish; with the answer lost, the
     Interrupted line names the batch.
 
+Bug these tests found (open when written):
+- a stop (SIGINT/SIGTERM) that aborts an INSERT or UPDATE of a migration
+  with others before it in the group makes SQLite roll the whole group
+  back; the replay of those others commits only the first of them
+  (SQLiteTarget._group breaks on db.stop_signal, which ignores
+  held_stops(), instead of db.stopped), reports the second as "rolled
+  back" and names it in the Interrupted line:
+  test_stop_during_an_insert_keeps_the_migrations_that_ran_before_it.
+
 The database header's "file change counter" (offset 24, big-endian) counts
 the write transactions committed to a rollback-journal database: it is how
 some tests count commits without looking inside the tool.
@@ -60,8 +69,7 @@ from test_robustness import (assert_each_applied_once, integrity, tool_cmd,
 from test_robustness import tool_env as local_env
 from test_remote_faults import (  # noqa: F401  (fake and remote_cli are fixtures)
     APPLIED_COUNT, TRACKING_INSERT, assert_one_line_error, batch_of, fake, finish, hold,
-    interrupted_line, is_batch, is_probe, remote_cli, sends, start_tool, tracked, wait_until,
-    when)
+    interrupted_line, is_probe, remote_cli, sends, start_tool, tracked, wait_until, when)
 
 DB = "trading_brain.db"  # the tool's default database name
 GROUP_SECONDS = apply_migrations.GROUP_COMMIT_SECONDS
@@ -234,7 +242,8 @@ def test_reader_is_never_blocked_for_more_than_a_second(project):
 
 FAILING = {
     # statement 2 fails; the statement alone is undone
-    "error": "-- migration {i}\nCREATE TABLE t{i:04d} (x);\nINSERT INTO t{i:04d} (nope) VALUES (1);\n",
+    "error": ("-- migration {i}\nCREATE TABLE t{i:04d} (x);\n"
+              "INSERT INTO t{i:04d} (nope) VALUES (1);\n"),
     # statement 2 fails with ON CONFLICT ROLLBACK: SQLite rolls back the
     # whole transaction, the group before it included, which must be replayed
     "whole-group-rolled-back": ("-- migration {i}\nCREATE TABLE t{i:04d} (x UNIQUE);\n"
@@ -341,7 +350,8 @@ def test_long_migration_yields_so_earlier_ones_commit_first(project):
     long_rows = rows_for(GROUP_SECONDS + 1.3)
     folder = project / "migrations"
     (folder / "0001_numbers.sql").write_text("CREATE TABLE numbers (n INTEGER NOT NULL);\n")
-    (folder / "0002_quick.sql").write_text("CREATE TABLE quick (x);\nINSERT INTO quick VALUES (2);\n")
+    (folder / "0002_quick.sql").write_text("CREATE TABLE quick (x);\n"
+                                           "INSERT INTO quick VALUES (2);\n")
     (folder / "0003_long.sql").write_text("CREATE TABLE long_marker (x);\n"
                                           + insert_rows("numbers", long_rows) + ";\n")
     db = project / DB
@@ -481,8 +491,8 @@ def test_kill_9_during_group_commit_leaves_a_consistent_prefix(project, run_cli)
     folder = project / "migrations"
     write_logged_migrations(folder, count)
     # Some work in each (computed, not written: the file stays small), so
-    # that a run spans about three group commits.
-    work = rows_for(3 * GROUP_SECONDS / count) * 2
+    # that a run spans two or three group commits.
+    work = rows_for(2.5 * GROUP_SECONDS / count)
     for i in range(2, count + 1):
         path = folder / f"{i:04d}_t{i:04d}.sql"
         path.write_text(path.read_text() + f"INSERT INTO t{i:04d} (x) WITH RECURSIVE r(i) AS"
@@ -507,7 +517,14 @@ def test_kill_9_during_group_commit_leaves_a_consistent_prefix(project, run_cli)
     for trial in range(10 if whole < 1.0 else 5):
         wipe()
         proc = start_apply(project, "-q")
-        time.sleep(rng.uniform(0.1, whole))
+        started = time.monotonic()
+        if trial % 2:  # a moment after the first group commit
+            while not visible_versions(db) and proc.poll() is None:
+                time.sleep(0.005)
+            left = whole - (time.monotonic() - started)
+            time.sleep(rng.uniform(0, 0.8 * max(0.0, left)))
+        else:  # any moment
+            time.sleep(rng.uniform(0.1, whole))
         proc.kill()
         proc.wait()
         where = f"seed {seed}, trial {trial}"
@@ -561,32 +578,25 @@ def test_commit_each_option_from_the_cli(project, run_cli):
 @pytest.mark.parametrize("order", [["--commit-each", "--single-transaction"],
                                    ["--single-transaction", "--commit-each"]],
                          ids=["commit-each-first", "single-first"])
-def test_commit_each_with_single_transaction_keeps_all_or_nothing(project, run_cli, order):
-    """--single-transaction wins: the run is one transaction (one commit; a
-    failure applies nothing), --commit-each is ignored.  (A usage error,
-    exit 2, would do too; a run that commits each migration would not.)"""
-    count = 20
+def test_commit_each_with_single_transaction_is_refused(project, run_cli, order):
+    """The two contradict each other (one commit each, one commit for all):
+    refused before anything runs, from the command line (exit 2) and from
+    the library, and the database is left as it was."""
+    count = 5
     folder = project / "migrations"
     write_quick(folder, count)
     db = project / DB
     assert run_cli(["init", "-q"])[0] == 0
-    (folder / "0021_bad.sql").write_text("CREATE TABLE bad (x);\nINSERT INTO nowhere VALUES (1);\n")
+    before = db.read_bytes()
     code, out, err = run_cli(["apply", *order])
-    assert code in (1, 2), (code, out, err)
-    assert tracking_rows(db) == [] and tables(db) == ["schema_migrations"]
-    if code == 1:
-        assert_one_line_error(err, "0021_bad", "nothing was applied")
-    (folder / "0021_bad.sql").unlink()
-    before = change_counter(db)
-    code, out, err = run_cli(["apply", *order])
-    if code == 2:
-        assert tracking_rows(db) == []
-        return
-    assert (code, err) == (0, "")
-    assert [r[0] for r in tracking_rows(db)] == versions(count)
-    assert "in one transaction" in out, out
-    # one transaction for the migrations (plus the tool's own notes)
-    assert change_counter(db) - before <= 3
+    assert code == 2, (code, out, err)
+    assert_one_line_error(err, "--commit-each", "--single-transaction")
+    assert db.read_bytes() == before
+    with apply_migrations.Migrator(str(db), str(folder)) as migrator:
+        with pytest.raises(apply_migrations.ConfigurationError, match="exclude each other"):
+            migrator.apply(single_transaction=True, commit_each=True)
+    assert db.read_bytes() == before
+    assert tracking_rows(db) == []
 
 
 # --------------------------------------------------------------------------
@@ -600,15 +610,18 @@ def test_stop_during_an_insert_keeps_the_migrations_that_ran_before_it(project):
     would have left them); 0004 is the one rolled back, and named."""
     folder = project / "migrations"
     write_quick(folder, 3)
-    (folder / "0004_big.sql").write_text("CREATE TABLE big (n);\n"
-                                         + insert_rows("big", 200_000_000) + ";\n")
+    # An INSERT that computes for a few seconds (and writes one row)
+    (folder / "0004_big.sql").write_text(
+        "CREATE TABLE big (n);\n"
+        "INSERT INTO big (n) SELECT count(*) FROM (WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL"
+        f" SELECT i + 1 FROM r WHERE i < {rows_for(GROUP_SECONDS + 3)}) SELECT i FROM r);\n")
     db = project / DB
     outcomes = []
     holder: Dict[str, object] = {}
 
     def log(line: str) -> None:
         # statement 1 of 0004 is done: its INSERT starts now; the stop comes
-        # 20 ms into it (long before it would yield, at 200 ms)
+        # 20 ms into it (long before it would yield, after GROUP_SECONDS)
         if line.startswith("0004_big statement 1 "):
             threading.Timer(0.02, holder["target"].request_stop, (signal.SIGINT,)).start()
 
@@ -619,7 +632,8 @@ def test_stop_during_an_insert_keeps_the_migrations_that_ran_before_it(project):
             migrator.apply()
     assert [(o.version, o.result) for o in outcomes] == [
         ("0001", "applied"), ("0002", "applied"), ("0003", "applied"), ("0004", "interrupted")]
-    assert str(caught.value) == "Interrupted: 0004_big rolled back; 3 migrations applied in this run"
+    assert str(caught.value) == ("Interrupted: 0004_big rolled back;"
+                                 " 3 migrations applied in this run")
     assert [r[0] for r in tracking_rows(db)] == ["0001", "0002", "0003"]
     assert "big" not in tables(db)
     assert integrity(db) == "ok"
@@ -629,7 +643,7 @@ def test_stop_during_an_insert_keeps_the_migrations_that_ran_before_it(project):
 # Remote D1
 
 
-def remote_migrations(write_migration, count: int, size: int = 0) -> None:
+def remote_migrations(write_migration, count: int) -> None:
     """count small migrations: 0001 creates events; each adds its own table
     and one event row."""
     for i in range(1, count + 1):
@@ -674,7 +688,8 @@ def test_hundred_small_migrations_need_at_most_ten_requests(write_migration, fak
 
 def test_failing_group_falls_back_to_one_batch_each(write_migration, fake, remote_cli):
     remote_migrations(write_migration, 5)
-    write_migration("0004_r0004.sql", "-- fails at its second statement\nCREATE TABLE r0004 (x);\n\n"
+    write_migration("0004_r0004.sql", "-- fails at its second statement\n"
+                                      "CREATE TABLE r0004 (x);\n\n"
                                       "INSERT INTO no_such_table VALUES (1);\n")
     code, out, err = remote_cli("apply")
     assert code == 1, (out, err)
@@ -805,3 +820,18 @@ def test_commit_each_sends_one_batch_per_migration(write_migration, fake, remote
     assert migration_batches(fake) == expected
     assert tracked(fake) == versions(5)
     assert event_counts(fake) == {v: 1 for v in versions(5)}
+
+
+def test_a_migration_that_needs_a_schema_read_goes_alone(write_migration, fake, remote_cli):
+    """A DROP or DELETE needs the row-loss guard's read of the schema as the
+    migrations before it left it: the group ends before it, and it goes alone."""
+    remote_migrations(write_migration, 6)
+    write_migration("0003_r0003.sql", "DROP TABLE r0002;\n")
+    write_migration("0005_r0005.sql", "DELETE FROM events WHERE what = '0004';\n")
+    code, out, err = remote_cli("apply")
+    assert (code, err) == (0, "")
+    assert migration_batches(fake) == [["0001", "0002"], ["0003"], ["0004"], ["0005"],
+                                       ["0006"]]
+    assert tracked(fake) == versions(6)
+    assert not fake.has_table("r0002") and fake.has_table("r0004")
+    assert event_counts(fake) == {"0001": 1, "0002": 1, "0006": 1}
