@@ -2301,12 +2301,17 @@ class Target:
     write(entries)
         Run bookkeeping entries in one transaction and commit, once: they
         append (the history), so a lost answer is not sent again.
-    run(steps) -> Ran
+    run(steps, first, last) -> Ran
         Steps from the front of `steps`, each with its bookkeeping all or
         nothing, as many as the target commits together (at least one);
         a step's failure or a stop ends the call, and the steps before it
         stay committed.  A step that, under the target's write lock,
-        step.settled() finds done already is skipped.
+        step.settled() finds done already is skipped.  `first`: idempotent
+        entries (creating the record) run before the first step, in its
+        transaction or batch, and committed even if that step fails.
+        `last()`: called once the last of `steps` ran without error, for
+        entries written with them (the note of the schema); a failure of
+        either only loses those entries.
     run_all(ensure, plan, commit, on_ran)
         A whole run as one transaction: the ensure entries, then each step
         that plan() returns (planned once the target holds its lock),
@@ -2333,7 +2338,8 @@ class Target:
     def write(self, entries: List[Entry]) -> None:
         raise NotImplementedError
 
-    def run(self, steps: List[Step]) -> Ran:
+    def run(self, steps: List[Step], first: Sequence[Entry] = (),
+            last: Optional[Callable[[], List[Entry]]] = None) -> Ran:
         raise NotImplementedError
 
     def run_all(self, ensure: List[Entry], plan: Callable[[], List[Step]], commit: bool,
@@ -2501,7 +2507,7 @@ class _SQLiteConnection:
                 target, uri=uri,
                 isolation_level=None,  # BEGIN, COMMIT and ROLLBACK are ours
                 timeout=self.lock_timeout, check_same_thread=False,
-                cached_statements=0)  # migration statements run once each
+                cached_statements=16)  # the tool's own: savepoints, rows
         except sqlite3.Error as exc:
             raise DatabaseConnectError(f"cannot open {self.path} ({exc})") from None
         try:
@@ -2675,7 +2681,7 @@ class _SQLiteSteps:
         self.check_orphans(step)
         guard = step.guard(query)
         started = time.perf_counter()
-        self._admin_all(guard.before)
+        self.admin_all(guard.before)
         self.execute(step, step.statements[hoisted:])
         self._check_guard(step, guard)
         return self._finish_step(step, started)
@@ -2716,7 +2722,7 @@ class _SQLiteSteps:
         finally:
             db.running = None
 
-    def _admin_all(self, entries: List[Entry]) -> None:
+    def admin_all(self, entries: List[Entry]) -> None:
         for sql, params in entries:
             self.db.admin(sql, params)
 
@@ -2853,7 +2859,8 @@ class SQLiteTarget(Target):
 
     write = ensure  # one transaction either way; nothing here is sent twice
 
-    def run(self, steps: List[Step]) -> Ran:
+    def run(self, steps: List[Step], first: Sequence[Entry] = (),
+            last: Optional[Callable[[], List[Entry]]] = None) -> Ran:
         """Group commit: the steps run, each in a savepoint, in one
         transaction, committed once GROUP_COMMIT_SECONDS have passed since
         it began, at a stop, before a step that must begin outside a
@@ -2861,8 +2868,10 @@ class SQLiteTarget(Target):
         once it has run GROUP_COMMIT_SECONDS, and runs again first in the
         next call).  A failing step is rolled back to its savepoint and
         those before it commit."""
-        ran, error, began, lost = self._group(steps, GROUP_COMMIT_SECONDS)
+        ran, error, began, lost = self._group(steps, GROUP_COMMIT_SECONDS, first, last)
         held = [step for step, _ in ran]
+        if lost and not held and first:
+            self._create(first)  # the record is kept even when the first step fails
         if not lost or not held:
             return Ran([] if lost else ran, [], error, began)
         if isinstance(error, _Locked):
@@ -2875,14 +2884,14 @@ class SQLiteTarget(Target):
         done: List[Tuple[Step, Optional[float]]] = []
         with self.db.held_stops():
             try:
-                again, failure, when, lost = self._group(held, None)
+                again, failure, when, lost = self._group(held, None, first)
                 if lost and isinstance(failure, _Stop):
                     return Ran([], ran, failure, None)
                 if not lost:
                     return Ran(again, [], error if failure is None else failure,
                                began if failure is None else when)
                 for number, step in enumerate(held):  # to find the one that fails
-                    again, failure, when, _ = self._group([step], None)
+                    again, failure, when, _ = self._group([step], None, first)
                     done += again
                     if failure is not None:
                         return Ran(done, [], failure, when)
@@ -2890,7 +2899,16 @@ class SQLiteTarget(Target):
                 return Ran(done, ran[len(done):], stop, None)
         return Ran(done, [], error, began)
 
-    def _group(self, steps: List[Step], seconds: Optional[float]
+    def _create(self, first: Sequence[Entry]) -> None:
+        """The record's creation alone, after a lost transaction took it (a
+        failure here only leaves it to the next run)."""
+        try:
+            self.ensure(list(first))
+        except (MigrationError, _Stop, sqlite3.Error):
+            pass
+
+    def _group(self, steps: List[Step], seconds: Optional[float], first: Sequence[Entry],
+               last: Optional[Callable[[], List[Entry]]] = None
                ) -> "tuple[list, Optional[BaseException], Optional[tuple], bool]":
         """One transaction of steps from the front of `steps` (all of them
         when seconds is None): what ran, committed unless lost; the error
@@ -2903,6 +2921,7 @@ class SQLiteTarget(Target):
         with self.steps.pragmas_first(steps[0]) as hoisted:
             db.begin()
             try:
+                self.steps.admin_all(first)
                 # Another process wrote since the engine read the record:
                 # follow what it did.
                 changed = db.data_version() != self._seen_version
@@ -2938,6 +2957,8 @@ class SQLiteTarget(Target):
                     db.admin(SQL_RELEASE)
                 if not db.conn.in_transaction:  # type: ignore[union-attr]
                     return ran, error, began, True
+                if last is not None and error is None and len(ran) == len(steps):
+                    self._last(last)
                 try:
                     db.commit()
                 except (sqlite3.Error, MigrationError, _Stop) as exc:
@@ -2959,6 +2980,15 @@ class SQLiteTarget(Target):
                 raise
         self._capture = True
         return ran, error, began, False
+
+    def _last(self, last: Callable[[], List[Entry]]) -> None:
+        db = self.db
+        db.admin(SQL_SAVEPOINT)
+        try:
+            self.steps.admin_all(last())
+        except (MigrationError, sqlite3.Error):
+            db.admin(SQL_ROLLBACK_TO)
+        db.admin(SQL_RELEASE)
 
     def _hoists(self, step: Step) -> bool:
         return bool(step.hoisted) and not self.foreign_keys
@@ -3294,30 +3324,39 @@ class D1Target(Target):
         self._check_stop(None)  # after a stop, nothing more is sent
         self.client.batch(entries)
 
-    def run(self, steps: List[Step]) -> Ran:
+    def run(self, steps: List[Step], first: Sequence[Entry] = (),
+            last: Optional[Callable[[], List[Entry]]] = None) -> Ran:
         """Consecutive small steps that need no read of the schema first go
         as one batch (D1 commits it wholly or not at all); if it fails, each
         is sent alone, so that the failing one is found and named, and those
         before it applied.  Any other step goes alone."""
-        group = self._group_of(steps)
+        ran = self._run_group(self._group_of(steps), first)
+        if last is not None and ran.error is None and len(ran.done) == len(steps):
+            try:
+                self.ensure(last())  # after the batch: a read cannot see inside one
+            except (MigrationError, _Stop):
+                pass
+        return ran
+
+    def _run_group(self, group: List[Step], first: Sequence[Entry]) -> Ran:
         if len(group) == 1:
-            return Ran([(group[0], self._run_one(group[0]))], [], None, None)
+            return Ran([(group[0], self._run_one(group[0], first))], [], None, None)
         owns = [self._entries(step) + step.record(None) for step in group]
         self._check_stop("not sent")
         try:
-            results = self.client.batch([entry for own in owns for entry in own])
+            results = self.client.batch(list(first) + [entry for own in owns for entry in own])
         except D1Unsure:
             # It may have run: all of it or none, and the record says which.
             if self._stop_signal is not None:
                 raise _Stop(self._stop_signal, "unknown", len(group))
             if group[-1].settled():
                 return Ran([(step, 0.0) for step in group], [], None, None)
-            return self._one_by_one(group)
+            return self._one_by_one(group, first)
         except D1Error:
-            return self._one_by_one(group)
+            return self._one_by_one(group, first)
         done: List[Tuple[Step, Optional[float]]] = []
         amend: List[Entry] = []
-        offset = 0
+        offset = len(first)
         for step, own in zip(group, owns):
             duration = _d1_duration(results[offset:offset + len(step.statements)])
             amend += step.amend(duration)
@@ -3349,12 +3388,12 @@ class D1Target(Target):
             return True
         return False
 
-    def _one_by_one(self, steps: List[Step]) -> Ran:
+    def _one_by_one(self, steps: List[Step], first: Sequence[Entry]) -> Ran:
         done: List[Tuple[Step, Optional[float]]] = []
         for step in steps:
             began = (time.time(), time.perf_counter())
             try:
-                done.append((step, self._run_one(step)))
+                done.append((step, self._run_one(step, first)))
             except (MigrationError, _Stop) as exc:
                 return Ran(done, [], exc, began)
         return Ran(done, [], None, None)
@@ -3367,9 +3406,10 @@ class D1Target(Target):
         except D1Error:
             pass  # only the recorded durations are lost
 
-    def _run_one(self, step: Step) -> Optional[float]:
+    def _run_one(self, step: Step, first: Sequence[Entry] = ()) -> Optional[float]:
         guard = step.guard(self.query)
-        entries = guard.before + self._entries(step) + guard.after + step.record(None)
+        entries = (list(first) + guard.before + self._entries(step) + guard.after
+                   + step.record(None))
         for attempt in range(self.client.retries + 1):
             self._check_stop("not sent")
             try:
@@ -3390,8 +3430,8 @@ class D1Target(Target):
                 if step.settled():
                     return None  # the tracking row's key refused a second copy
                 raise self._locate(step, exc) from None
-            first = len(guard.before)
-            duration = _d1_duration(result[first:first + len(step.statements)])
+            start = len(first) + len(guard.before)
+            duration = _d1_duration(result[start:start + len(step.statements)])
             self._amend(step.amend(duration))
             return duration
         raise AssertionError("unreachable")
@@ -5097,22 +5137,23 @@ class _Run:
         steps = self._steps(record, [])  # every check before the first write
         if steps:
             self.restore_point()  # before the first write, the record's included
+        # The record is created in the first step's transaction (one commit
+        # fewer), or alone when nothing is pending.  What another process
+        # applied meanwhile is found there, under the lock (Step.settled).
         entries, report.synced = self.book.ensure(record)
-        if entries:
+        if entries and not steps:
             self.db.ensure(entries)
-            # What is read after a write is what counts (another process may
-            # have applied something meanwhile).
-            record = migrator.read()
-            steps = self._steps(record, steps)
         report.planned = len(steps)
         known = bool(steps) and self.db.cheap_reads and self.known(record)
+        done = 0
         try:
-            done = 0
             while done < len(steps):
                 migrator._check_stop()
-                done = self.run(steps, done, APPLIED)
+                done = self.run(steps, done, APPLIED, entries if done == 0 else (),
+                                self._noted_schema if known else None)
         finally:
-            if known and report.having(APPLIED):
+            # The note goes with the last commit; after a failure, alone.
+            if known and report.having(APPLIED) and done < len(steps):
                 self.note_schema()
 
     def _steps(self, record: Record, prepared: List[Step]) -> List[Step]:
@@ -5242,13 +5283,15 @@ class _Run:
             return no_guard
         return guard_for(changes_of([statement for _, statement in statements]))
 
-    def run(self, steps: List[Step], start: int, result: str) -> int:
+    def run(self, steps: List[Step], start: int, result: str, first: Sequence[Entry] = (),
+            last: Optional[Callable[[], List[Entry]]] = None) -> int:
         """Steps from steps[start] through the target, as many as it commits
         together (one with commit_each), and their outcomes reported once
         they are committed; returns how many steps are done."""
         began = (time.time(), time.perf_counter())
         try:
-            ran = self.db.run(steps[start:start + 1] if self.commit_each else steps[start:])
+            rest = steps[start:start + 1] if self.commit_each else steps[start:]
+            ran = self.db.run(rest, first, last if start + len(rest) == len(steps) else None)
         except (MigrationError, _Stop) as exc:
             ran = Ran([], [], exc, began)
         index = start
@@ -5316,10 +5359,13 @@ class _Run:
         if not self.db.cheap_reads:
             return
         try:
-            self.db.ensure(note_schema(self.db.query, self.book, self.migrator.read(),
-                                       self.migrator.bookkeeping_tables()))
+            self.db.ensure(self._noted_schema())
         except (MigrationError, sqlite3.Error, _Stop):
             pass
+
+    def _noted_schema(self) -> List[Entry]:
+        return note_schema(self.db.query, self.book, self.migrator.read(),
+                           self.migrator.bookkeeping_tables())
 
     def _warn(self, warning: str) -> None:
         self.report_.warnings.append(warning)

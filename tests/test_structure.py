@@ -77,8 +77,8 @@ class Recording(apply_migrations.Target):
     def ensure(self, entries):
         return self._call("ensure", entries)
 
-    def run(self, step):
-        return self._call("run", step)
+    def run(self, steps, first=(), last=None):
+        return self._call("run", steps, first, last)
 
     def run_all(self, ensure, plan, commit, on_ran):
         return self._call("run_all", ensure, plan, commit, on_ran)
