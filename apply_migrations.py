@@ -1652,8 +1652,8 @@ def resolve_options(values: Mapping[str, object], environ: Mapping[str, str]) ->
     plain = ("command", "wrangler_config", "target", "allow_out_of_order", "allow_row_loss",
              "from_migrations", "schema_format", "output", "schema_file", "no_drift",
              "allow_data_loss", "record_only", "down", "reason", "event", "outcome", "stats",
-             "single_transaction", "commit_each", "dry_run", "backup", "version", "force", "exit_code",
-             "description", "json", "quiet", "verbose")
+             "single_transaction", "commit_each", "dry_run", "backup", "version", "force",
+             "exit_code", "description", "json", "quiet", "verbose")
     options = Options(**{name: get(name) for name in plain if get(name) is not None})
     options.audit = audit_of(environ)
     if get("since") is not None:
@@ -2944,7 +2944,8 @@ class SQLiteTarget(Target):
                     if ran and seconds is not None:
                         db.yield_at, db.yielded = began[1] + seconds, False
                     try:
-                        ran.append((step, self.steps.run(step, hoisted if step is steps[0] else 0, self.query)))
+                        ms = self.steps.run(step, hoisted if step is steps[0] else 0, self.query)
+                        ran.append((step, ms))
                     except (MigrationError, _Stop, _Yield) as exc:
                         if not isinstance(exc, _Yield):
                             error = exc
