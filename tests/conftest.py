@@ -9,6 +9,7 @@ tool, e.g. a deliberately broken one.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,30 @@ def run_subprocess(project: Path) -> Callable[..., CliResult]:
                 proc.stderr.decode("utf-8", "replace"))
 
     return run
+
+
+@pytest.fixture
+def foreign_keys_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite built with SQLITE_DEFAULT_FOREIGN_KEYS=1: every new connection
+    enforces foreign keys, as the tool's connection then does."""
+    real_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+
+@pytest.fixture
+def remote_fake(run_cli, monkeypatch: pytest.MonkeyPatch):
+    """A running fake D1 (tests/fake_d1.py), its variables set for --d1-remote."""
+    from fake_d1 import FakeD1, remote_env
+    with FakeD1() as server:
+        for name, value in remote_env(server).items():
+            monkeypatch.setenv(name, value)
+        yield server
 
 
 @pytest.fixture(scope="session")

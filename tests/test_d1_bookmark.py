@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from fake_d1 import FakeD1, remote_env, respond
+from fake_d1 import FakeD1, respond
 
 M1 = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);\n"
 M2 = "INSERT INTO items (name) VALUES ('two');\n"
@@ -17,11 +17,8 @@ M3_BAD = "INSERT INTO nowhere VALUES (1);\n"
 
 
 @pytest.fixture
-def fake(run_cli, monkeypatch):
-    with FakeD1() as server:
-        for name, value in remote_env(server).items():
-            monkeypatch.setenv(name, value)
-        yield server
+def fake(remote_fake):
+    return remote_fake
 
 
 def bookmark_requests(fake: FakeD1):

@@ -231,20 +231,6 @@ def test_leading_pragma_takes_effect_and_is_undone_after(project, run_cli, write
     assert children(project) == [(11, 2)]
 
 
-@pytest.fixture
-def foreign_keys_on_by_default(monkeypatch):
-    """SQLite built with SQLITE_DEFAULT_FOREIGN_KEYS=1: every new connection
-    enforces foreign keys, as the tool's connection then does."""
-    real_connect = sqlite3.connect
-
-    def connect(*args, **kwargs):
-        conn = real_connect(*args, **kwargs)
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", connect)
-
-
 def test_rebuild_keeps_children_and_restores_the_setting(project, run_cli, write_migration,
                                                          foreign_keys_on_by_default):
     write_migration("0001_schema.sql", schema("CASCADE"))

@@ -164,16 +164,6 @@ def start_apply(project: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def communicate(proc: subprocess.Popen, timeout: float = 60) -> Tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"the tool did not finish: {err.decode('utf-8', 'replace')}")
-    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-
-
 # --------------------------------------------------------------------------
 # 1. Readers are not kept waiting
 
@@ -223,7 +213,7 @@ def test_reader_is_never_blocked_for_more_than_a_second(project):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        code, out, err = communicate(proc, timeout=90)
+        code, out, err = finish(proc, timeout=90)
     finally:
         done.set()
         reader.join(40)
@@ -372,7 +362,7 @@ def test_long_migration_yields_so_earlier_ones_commit_first(project):
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     try:
-        code, out, err = communicate(proc)
+        code, out, err = finish(proc, timeout=60)
         time.sleep(0.05)  # one more poll after the end
     finally:
         done.set()
@@ -467,20 +457,6 @@ def test_hoisted_pragma_off_rebuild_keeps_children_in_a_group(project, run_cli,
     assert integrity(db) == "ok"
 
 
-@pytest.fixture
-def foreign_keys_on_by_default(monkeypatch):
-    """As in test_foreign_keys: SQLite built with SQLITE_DEFAULT_FOREIGN_KEYS=1
-    (every new connection enforces foreign keys, the tool's too)."""
-    real_connect = sqlite3.connect
-
-    def connect(*args, **kwargs):
-        conn = real_connect(*args, **kwargs)
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", connect)
-
-
 # --------------------------------------------------------------------------
 # 7. kill -9 during group commit
 
@@ -506,7 +482,7 @@ def test_kill_9_during_group_commit_leaves_a_consistent_prefix(project, run_cli)
                 os.remove(str(db) + suffix)
 
     started = time.monotonic()
-    code, out, err = communicate(start_apply(project, "-q"))
+    code, out, err = finish(start_apply(project, "-q"), timeout=60)
     whole = time.monotonic() - started
     assert (code, err) == (0, "")
     assert_each_applied_once(db, folder, count)

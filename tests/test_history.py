@@ -23,7 +23,7 @@ import pytest
 
 from conftest import ENV_CLEARED, TOOL_PATH
 from dbhelpers import create_db, expected_checksum, query, sqlite_error, tables, tracking_rows
-from fake_d1 import FakeD1, remote_env
+from fake_d1 import FakeD1
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "wrangler"))
 from wrangler_cli import DATABASE_ID, local_database  # noqa: E402
@@ -818,11 +818,8 @@ def test_status_tells_of_a_failed_last_attempt(project, run_cli, write_migration
 
 
 @pytest.fixture
-def fake(run_cli, monkeypatch):
-    with FakeD1() as server:
-        for name, value in remote_env(server).items():
-            monkeypatch.setenv(name, value)
-        yield server
+def fake(remote_fake):
+    return remote_fake
 
 
 def test_d1_remote_history(fake: FakeD1, project, run_cli, write_migration):
