@@ -79,14 +79,15 @@ Where a change goes:
 
 The public API is __all__; every other name is an implementation detail.
 
-Start-up.  Every run pays for what the module imports, so three things stay
+Start-up.  Every run pays for what the module imports, so four things stay
 that the benchmark shows are worth it (README, Performance): typing is not
 imported (annotations stay strings, and the named tuples say their fields'
 types in their docstrings): about 3 ms and 1 MB a run; argparse runs without
 its gettext lookups (which import locale and search the disk for catalogs)
 and without shutil (which brings the compression modules): about 4 ms and
 0.8 MB; and what only some commands need (json, urllib, hmac, tomllib,
-traceback, threading) is imported where it is used.
+traceback, threading) is imported where it is used; and regular
+expressions are compiled on first use (_pattern): about 4 ms a run.
 """
 from __future__ import annotations
 
@@ -127,14 +128,31 @@ __all__ = [
 # 1. Constants
 # ==========================================================================
 
+class _pattern:
+    """A regular expression compiled on its first use.  Each command uses a
+    few of the file's patterns; compiling them all at import cost about 5 ms
+    a run (bench/: import time).  After the first use its methods are the
+    compiled pattern's own, so later calls cost what they would."""
+
+    def __init__(self, pattern: str, flags: int = 0):
+        self._source = (pattern, flags)
+
+    def __getattr__(self, name: str):  # only until the first use
+        compiled = re.compile(*self._source)
+        for attr in ("match", "fullmatch", "search", "sub", "subn", "split", "findall",
+                     "finditer", "pattern", "flags", "groups"):
+            setattr(self, attr, getattr(compiled, attr))
+        return getattr(compiled, name)
+
+
 # Where the tool keeps its own record of what ran.
 TRACKING_TABLE = "schema_migrations"
 TRACKING_COLUMNS = ("version", "name", "checksum", "applied_at", "duration_ms")
 
 # <digits>_<description>.sql; the digits, as written, are the version.
-MIGRATION_FILENAME = re.compile(r"([0-9]+)_(.+)\.sql\Z", re.DOTALL)
-VERSION_TEXT = re.compile(r"[0-9]+\Z")
-CHECKSUM_TEXT = re.compile(r"[0-9a-f]{64}\Z")
+MIGRATION_FILENAME = _pattern(r"([0-9]+)_(.+)\.sql\Z", re.DOTALL)
+VERSION_TEXT = _pattern(r"[0-9]+\Z")
+CHECKSUM_TEXT = _pattern(r"[0-9a-f]{64}\Z")
 # Down scripts live in a sub-folder so that tools which apply every *.sql in
 # the migrations folder (wrangler among them) never run one by accident.
 DOWN_DIR = "down"
@@ -294,7 +312,7 @@ D1_GROUP_BYTES = 400_000
 # under the command line (`--lock-timeout`) or a Python caller
 # (`lock_timeout=`): a message marks the setting, and whoever shows it
 # spells it (MigrationError.message).
-_OPTION_MARK = re.compile("\x00([a-z_]+)\x00")
+_OPTION_MARK = _pattern("\x00([a-z_]+)\x00")
 
 
 def _opt(name: str) -> str:
@@ -515,29 +533,29 @@ class Statement(namedtuple("Statement", "sql line keyword start end")):
 _ID_CHAR = r"^\x00-\x23\x25-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f"
 _COMMENT = r"--[^\n]*(?:\n|\Z)|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/"
 _SPACE = r"[ \t\n\f\r]+"
-_GAP = re.compile(rf"(?:{_SPACE}|{_COMMENT}|;)*")
+_GAP = _pattern(rf"(?:{_SPACE}|{_COMMENT}|;)*")
 # Up to a few hundred tokens per match: `re` keeps a backtracking mark for
 # each repetition, so an unbounded `*` over a quote-heavy 1 MB statement
 # would hold ten times its size; _skip_body loops instead.
-_BODY = re.compile(
+_BODY = _pattern(
     rf"""(?:[^;'"`\[/\-]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|{_COMMENT}|/(?!\*)|-(?!-)){{0,256}}"""
 )
-_HEAD_TOKEN = re.compile(
+_HEAD_TOKEN = _pattern(
     rf"""(?s)(?:{_SPACE}|{_COMMENT})+|[{_ID_CHAR}]+|'[^']*'|"[^"]*"|`[^`]*`|\[[^\]]*\]|[^;]"""
 )
-_FIRST_WORD = re.compile(rf"[{_ID_CHAR}]+")
+_FIRST_WORD = _pattern(rf"[{_ID_CHAR}]+")
 # The head of a statement: whether CREATE [TEMP] TRIGGER opens it.  Blanks
 # are matched one character per step: with `[ \t\n\f\r]+` inside the `*`, a
 # failed match would retry every way of cutting a run of blanks.
-_TRIGGER_HEAD = re.compile(
+_TRIGGER_HEAD = _pattern(
     rf"[Cc][Rr][Ee][Aa][Tt][Ee](?:[ \t\n\f\r]|{_COMMENT}"
     rf"|[Tt][Ee][Mm][Pp](?:[Oo][Rr][Aa][Rr][Yy])?(?![{_ID_CHAR}]))*?"
     rf"(?<![{_ID_CHAR}])[Tt][Rr][Ii][Gg][Gg][Ee][Rr](?![{_ID_CHAR}])"
 )
-_TRIGGER_END = re.compile(
+_TRIGGER_END = _pattern(
     rf"(?:[ \t\n\f\r;]|{_COMMENT})*[Ee][Nn][Dd](?![{_ID_CHAR}])(?:[ \t\n\f\r]|{_COMMENT})*(;|\Z)"
 )
-_IDENTIFIER = re.compile(rf"[{_ID_CHAR}]+\Z")
+_IDENTIFIER = _pattern(rf"[{_ID_CHAR}]+\Z")
 _UNTERMINATED = {
     "'": "unterminated string literal",
     '"': 'unterminated "quoted" identifier',
@@ -842,7 +860,7 @@ class FolderScan(namedtuple("FolderScan", "folder migrations findings numbers"))
 # only warns there: it is not a migration, and `check` reports it as an error.
 BLOCKING_FOLDER_FINDINGS = frozenset(
     ("duplicate-number", "name-not-utf8", "broken-link", "not-a-file", "unreadable"))
-_LEADING_NUMBER = re.compile(r"[0-9]+")
+_LEADING_NUMBER = _pattern(r"[0-9]+")
 
 
 def scan_folder(folder: str, wrangler: bool = False) -> FolderScan:
@@ -944,7 +962,7 @@ def scan_folder(folder: str, wrangler: bool = False) -> FolderScan:
 # sort, the same TimSort, which agrees whenever every name has a number.
 _JS_SPACE = " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006" \
     "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-_JS_INT = re.compile(r"([+-]?)(?:0[xX]([0-9a-fA-F]+)|([0-9]+))")
+_JS_INT = _pattern(r"([+-]?)(?:0[xX]([0-9a-fA-F]+)|([0-9]+))")
 
 
 def js_parse_int(text: str) -> Optional[float]:
@@ -1096,22 +1114,22 @@ D1_PRAGMAS = frozenset((
 # The rules read a statement whose comments are spaces (_without_comments).
 # A name as SQL spells it: quoted, or a bare word.
 _SQL_NAME = r'(?:"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`|\[[^\]]*\]|[^\s.;(]+)'
-_PRAGMA_NAME = re.compile(rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?(\w+)")
+_PRAGMA_NAME = _pattern(rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?(\w+)")
 # Every spelling SQLite reads as "off" (sqlite3GetBoolean), quoted or not.
-_FOREIGN_KEYS_OFF = re.compile(
+_FOREIGN_KEYS_OFF = _pattern(
     rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?foreign_keys[\"`\]]?\s*(?:=\s*|\(\s*)"
     r"(['\"]?)(?:0+|off|false|no)\1\s*\)?\s*;?\s*\Z")
-_TEMP_OBJECT = re.compile(
+_TEMP_OBJECT = _pattern(
     r"(?i)CREATE\s+(?:TEMP(?:ORARY)?\s+(TABLE|VIEW|TRIGGER)\b"
     r"|(?:UNIQUE\s+|VIRTUAL\s+)?(TABLE|VIEW|TRIGGER|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     r"[\"`\[]?temp[\"`\]]?\s*\.)")
 # Quoted text is matched whole, so that a comment marker inside it is text.
-_QUOTED_OR_COMMENT = re.compile(
+_QUOTED_OR_COMMENT = _pattern(
     r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`"""
     rf"|\[[^\]]*\]|({_COMMENT})")
 # The only wrapper wrangler removes: exactly this text, case and all.
 WRANGLER_WRAPPER = ("BEGIN TRANSACTION;", "COMMIT;")
-_CF_RESERVED_NAME = re.compile(
+_CF_RESERVED_NAME = _pattern(
     r"(?i)(?:CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?(?:UNIQUE\s+)?(?:VIRTUAL\s+)?"
     r"(?:TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     rf"|ALTER\s+TABLE\s+(?:{_SQL_NAME}\s*\.\s*)?{_SQL_NAME}\s+RENAME\s+TO\s+)"
@@ -1313,9 +1331,9 @@ class WranglerDatabase(namedtuple(
     __slots__ = ()
 
 
-_JSONC_COMMENT = re.compile(r'(?s)"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/')
-_JSONC_TRAILING_COMMA = re.compile(r'"(?:\\.|[^"\\])*"|,(?=\s*[}\]])')
-_TOML_KEY_VALUE = re.compile(
+_JSONC_COMMENT = _pattern(r'(?s)"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/')
+_JSONC_TRAILING_COMMA = _pattern(r'"(?:\\.|[^"\\])*"|,(?=\s*[}\]])')
+_TOML_KEY_VALUE = _pattern(
     r"""\s*([A-Za-z0-9_-]+)\s*=\s*("(?:\\.|[^"\\])*"|'[^']*'|true|false|[-+0-9.]+)\s*(?:#.*)?\Z""")
 
 
@@ -1331,7 +1349,7 @@ def _parse_jsonc(text: str) -> dict:
     return json.loads(_JSONC_TRAILING_COMMA.sub(keep_strings, text))
 
 
-_TOML_D1_HEADER = re.compile(r"\[\[(?:env\.([A-Za-z0-9_-]+|\"[^\"]*\")\.)?d1_databases\]\]\Z")
+_TOML_D1_HEADER = _pattern(r"\[\[(?:env\.([A-Za-z0-9_-]+|\"[^\"]*\")\.)?d1_databases\]\]\Z")
 
 
 def _parse_toml_subset(text: str) -> dict:
@@ -1534,8 +1552,8 @@ def audit_of(environ: Mapping[str, str]) -> Audit:
                  first("GITHUB_RUN_ID"), first("GITHUB_SHA"), first("GITHUB_ACTOR"))
 
 
-_SINCE_AGO = re.compile(r"([0-9]+)([smhd])\Z")
-_SINCE_DATE = re.compile(
+_SINCE_AGO = _pattern(r"([0-9]+)([smhd])\Z")
+_SINCE_DATE = _pattern(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
     r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]{1,6})?)?Z?)?\Z")
 
@@ -3605,7 +3623,7 @@ class MigrationStatus(namedtuple(
     __slots__ = ()
 
 
-_FOREIGN_KEYS_PRAGMA = re.compile(
+_FOREIGN_KEYS_PRAGMA = _pattern(
     rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?foreign_keys\b")
 _STOP_RESULTS = {"rolled back": INTERRUPTED, "unknown": UNKNOWN, "not sent": NOT_SENT}
 
@@ -3856,14 +3874,14 @@ class Reference(namedtuple("Reference", "child column parent action")):
 
 
 _TABLE_NAME = rf"(?:{_SQL_NAME}\s*\.\s*)?({_SQL_NAME})"
-_DROPS = re.compile(rf"(?i)\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?{_TABLE_NAME}")
-_DELETES = re.compile(rf"(?i)\bDELETE\s+FROM\s+{_TABLE_NAME}")
-_NAMES = re.compile(
+_DROPS = _pattern(rf"(?i)\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?{_TABLE_NAME}")
+_DELETES = _pattern(rf"(?i)\bDELETE\s+FROM\s+{_TABLE_NAME}")
+_NAMES = _pattern(
     r"(?i)\b(?:CREATE\s+(?:TEMP(?:ORARY)?\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     r"|DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?|ALTER\s+TABLE\s+|RENAME\s+TO\s+"
     r"|INSERT\s+(?:OR\s+\w+\s+)?INTO\s+|REPLACE\s+INTO\s+|UPDATE\s+(?:OR\s+\w+\s+)?"
     rf"|DELETE\s+FROM\s+){_TABLE_NAME}")
-_STRING = re.compile(r"'[^']*(?:''[^']*)*'")
+_STRING = _pattern(r"'[^']*(?:''[^']*)*'")
 SQL_REFERENCES = (
     'SELECT m.name, f."from", f."table", upper(f.on_delete)'
     " FROM sqlite_master AS m JOIN pragma_foreign_key_list(m.name) AS f"
@@ -3886,7 +3904,7 @@ SQL_GUARD_KEPT = f"SELECT kept FROM {quote_identifier(GUARD_TABLE)} WHERE ref = 
 SQL_COUNT = "SELECT count({counted}) FROM {table}"
 SQL_GUARD_DROP = f"DROP TABLE {quote_identifier(GUARD_TABLE)}"
 _GUARDED_ACTIONS = frozenset(("CASCADE", "SET NULL", "SET DEFAULT"))
-_GUARD_FAILED = re.compile(re.escape(GUARD_MARK) + r"(\d+)")
+_GUARD_FAILED = _pattern(re.escape(GUARD_MARK) + r"(\d+)")
 
 
 class Guard(namedtuple("Guard", "before after references")):
@@ -4043,7 +4061,7 @@ def no_guard(query: Callable[[str, tuple], List[tuple]]) -> Guard:
     return NO_GUARD
 
 
-_DEFER_ON = re.compile(
+_DEFER_ON = _pattern(
     rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?defer_foreign_keys[\"`\]]?\s*"
     r"(?:=\s*|\(\s*)(['\"]?)(?:1|on|true|yes)\1\s*\)?\s*;?\s*\Z")
 
@@ -4275,7 +4293,7 @@ def drift_of(query: Callable[[str, tuple], List[tuple]], book: Bookkeeping, reco
     return Drift(True, read_schema(query, ignore).differences(expected), None)
 
 
-_QUOTED_WORD = re.compile(r"'[^']*(?:''[^']*)*'|[\"`\[]([A-Za-z_][A-Za-z0-9_]*)[\"`\]]")
+_QUOTED_WORD = _pattern(r"'[^']*(?:''[^']*)*'|[\"`\[]([A-Za-z_][A-Za-z0-9_]*)[\"`\]]")
 
 
 def normalized_sql(sql: str) -> str:
@@ -4452,7 +4470,7 @@ def _undone(kind: str) -> str:
 # deferred, never switched off: D1 enforces them, and the row guard counts
 # what the drop could take.
 
-_CREATE_TABLE_HEAD = re.compile(
+_CREATE_TABLE_HEAD = _pattern(
     rf"(?is)(\s*CREATE\s+(?:TEMP(?:ORARY)?\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?)"
     rf"(?:{_SQL_NAME}\s*\.\s*)?{_SQL_NAME}")
 ROLLBACK_TABLE_SUFFIX = "__apply_migrations_rollback"
