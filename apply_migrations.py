@@ -87,7 +87,8 @@ its gettext lookups (which import locale and search the disk for catalogs)
 and without shutil (which brings the compression modules): about 4 ms and
 0.8 MB; and what only some commands need (json, urllib, hmac, tomllib,
 traceback, threading) is imported where it is used; and regular
-expressions are compiled on first use (_pattern): about 4 ms a run.
+expressions are compiled on first use (_pattern): an apply needs a third
+of them, about 3 ms a run.
 """
 from __future__ import annotations
 
