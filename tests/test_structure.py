@@ -77,6 +77,9 @@ class Recording(apply_migrations.Target):
     def ensure(self, entries):
         return self._call("ensure", entries)
 
+    def write(self, entries):
+        return self._call("write", entries)
+
     def run(self, steps, first=(), last=None):
         return self._call("run", steps, first, last)
 
