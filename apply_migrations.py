@@ -2649,7 +2649,7 @@ class _SQLiteConnection:
         progress handler aborted it (a stop, or a yield), else None."""
         if self.stopped is not None:
             return _Stop(self.stopped, "rolled back")
-        if self.yielded:
+        if self.yielded and self.yield_at is not None:
             return _Yield()
         return None
 
@@ -2825,6 +2825,12 @@ class _SQLiteSteps:
         self.orphans_checked = True
 
 
+def _lost_at_commit(done: list, rest: list, error: BaseException) -> Ran:
+    """A transaction lost at its COMMIT (a stop, a lock that did not come):
+    the steps it held are undone; with a lock, the last of them failed."""
+    return Ran(done, rest[:-1] if isinstance(error, _Locked) else rest, error, None)
+
+
 class SQLiteTarget(Target):
     """A local SQLite database file (wrangler's local D1 file included).
 
@@ -2893,8 +2899,8 @@ class SQLiteTarget(Target):
             self._create(first)  # the record is kept even when the first step fails
         if not lost or not held:
             return Ran([] if lost else ran, [], error, began)
-        if isinstance(error, _Locked):
-            return Ran([], ran[:-1], error, began)
+        if isinstance(error, _Locked):  # at the COMMIT: waiting again would wait as long
+            return _lost_at_commit([], ran, error)
         # The database rolled back the whole transaction (an aborted INSERT
         # or UPDATE does that, as does a full disk) or could not commit it:
         # what it held runs again, so that each step's fate is what one
@@ -2904,18 +2910,20 @@ class SQLiteTarget(Target):
         with self.db.held_stops():
             try:
                 again, failure, when, lost = self._group(held, None, first)
-                if lost and isinstance(failure, _Stop):
-                    return Ran([], ran, failure, None)
                 if not lost:
                     return Ran(again, [], error if failure is None else failure,
                                began if failure is None else when)
-                for number, step in enumerate(held):  # to find the one that fails
-                    again, failure, when, _ = self._group([step], None, first)
+                if isinstance(failure, (_Locked, _Stop)):  # at its COMMIT
+                    return _lost_at_commit([], ran, failure)
+                for step in held:  # one commit each, to find the one that fails
+                    again, failure, when, lost = self._group([step], None, first)
+                    if lost and again:  # a stop or a lock at its COMMIT
+                        return _lost_at_commit(done, ran[len(done):], failure)
                     done += again
                     if failure is not None:
                         return Ran(done, [], failure, when)
-            except _Stop as stop:  # while waiting for the lock
-                return Ran(done, ran[len(done):], stop, None)
+            except (_Stop, _Locked) as exc:  # while waiting for the lock
+                return _lost_at_commit(done, ran[len(done):], exc)
         return Ran(done, [], error, began)
 
     def _create(self, first: Sequence[Entry]) -> None:
@@ -2960,8 +2968,9 @@ class SQLiteTarget(Target):
                         break
                     changed = False
                     db.admin(SQL_SAVEPOINT)
+                    db.yielded = False
                     if ran and seconds is not None:
-                        db.yield_at, db.yielded = began[1] + seconds, False
+                        db.yield_at = began[1] + seconds
                     try:
                         ms = self.steps.run(step, hoisted if step is steps[0] else 0, self.query)
                         ran.append((step, ms))
@@ -2984,9 +2993,7 @@ class SQLiteTarget(Target):
                 except (sqlite3.Error, MigrationError, _Stop) as exc:
                     db.abandon()
                     if isinstance(exc, _Locked) and len(ran) > 1:
-                        # Waiting again would wait as long: the last step
-                        # fails, those before it are undone with it.
-                        return ran, exc, began, True
+                        return ran, exc, began, True  # (SQLiteTarget.run: undone)
                     if len(ran) != 1 or isinstance(exc, _Stop):
                         return ran, exc if isinstance(exc, _Stop) else error, began, True
                     step = ran[0][0]
@@ -2994,7 +3001,7 @@ class SQLiteTarget(Target):
                                               f"{exc} at COMMIT; it was rolled back",
                                               action=step.action)
                     failure.__cause__ = exc
-                    return [], failure, began, False
+                    return [], failure, began, True  # (its record too: SQLiteTarget.run)
             except BaseException:
                 db.abandon()
                 raise
@@ -3310,6 +3317,18 @@ def _d1_duration(results: list) -> float:
     return total
 
 
+def _reads_schema(step: Step) -> bool:
+    """Whether a step's guard must read the schema first (it drops or
+    deletes from a table that others reference)."""
+    def refuse(sql: str, params: tuple = ()) -> List[tuple]:
+        raise LookupError(sql)
+    try:
+        step.guard(refuse)
+    except LookupError:
+        return True
+    return False
+
+
 class D1Target(Target):
     """A remote D1 database over the HTTP API.  Each step travels as one
     batch (its statements, split by this tool, then its bookkeeping), which
@@ -3350,13 +3369,28 @@ class D1Target(Target):
         as one batch (D1 commits it wholly or not at all); if it fails, each
         is sent alone, so that the failing one is found and named, and those
         before it applied.  Any other step goes alone."""
-        ran = self._run_group(self._group_of(steps), first)
+        try:
+            ran = self._run_group(self._group_of(steps), first)
+        except (MigrationError, _Stop):
+            self._create(first)
+            raise
+        if not ran.done:
+            self._create(first)
         if last is not None and ran.error is None and len(ran.done) == len(steps):
             try:
                 self.ensure(last())  # after the batch: a read cannot see inside one
             except (MigrationError, _Stop):
                 pass
         return ran
+
+    def _create(self, first: Sequence[Entry]) -> None:
+        """The record's creation alone, when the batch it went with failed
+        (a failure here only leaves it to the next run)."""
+        if first and self._stop_signal is None:
+            try:
+                self.ensure(list(first))
+            except MigrationError:
+                pass
 
     def _run_group(self, group: List[Step], first: Sequence[Entry]) -> Ran:
         if len(group) == 1:
@@ -3392,21 +3426,11 @@ class D1Target(Target):
         size = 0
         for count, step in enumerate(steps[:D1_GROUP_STEPS]):
             size += sum(len(statement.sql) for _, statement in step.statements)
-            if count and (size > D1_GROUP_BYTES or self._reads_schema(step)):
+            if count and (size > D1_GROUP_BYTES or _reads_schema(step)):
                 return steps[:count]
-            if not count and self._reads_schema(step):
+            if not count and _reads_schema(step):
                 return steps[:1]
         return steps[:D1_GROUP_STEPS]
-
-    @staticmethod
-    def _reads_schema(step: Step) -> bool:
-        def refuse(sql: str, params: tuple = ()) -> List[tuple]:
-            raise LookupError(sql)
-        try:
-            step.guard(refuse)
-        except LookupError:
-            return True
-        return False
 
     def _one_by_one(self, steps: List[Step], first: Sequence[Entry]) -> Ran:
         done: List[Tuple[Step, Optional[float]]] = []

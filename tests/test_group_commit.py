@@ -615,6 +615,30 @@ def test_stop_during_an_insert_keeps_the_migrations_that_ran_before_it(project):
     assert integrity(db) == "ok"
 
 
+@pytest.mark.parametrize("failing", [
+    "INSERT INTO nosuch VALUES (1);\n",
+    "CREATE TABLE a (x);\n",  # already there
+])
+def test_a_yielded_migration_that_then_fails_is_reported_once(project, run_subprocess,
+                                                               failing):
+    """0002 runs long (it yields, so 0001 commits, and runs again alone),
+    then fails for a reason of its own: one failure, named with its
+    statement, never another yield (a stale flag once looped for ever)."""
+    folder = project / "migrations"
+    (folder / "0001_a.sql").write_text("CREATE TABLE a (x);\n")
+    (folder / "0002_b.sql").write_text(
+        "SELECT count(*) FROM (WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1"
+        f" FROM r WHERE i < {rows_for(GROUP_SECONDS + 0.5)}) SELECT i FROM r);\n" + failing)
+    (folder / "0003_c.sql").write_text("CREATE TABLE c (x);\n")
+    code, out, err = run_subprocess(["apply"])  # a loop would time out (60 s)
+    assert code == 1, err
+    assert "0002_b" in err and "statement 2" in err, err
+    db = project / DB
+    assert [r[0] for r in tracking_rows(db)] == ["0001"]
+    assert query(db, "SELECT version, outcome, statement FROM schema_migrations_history"
+                     " ORDER BY id") == [("0001", "succeeded", None), ("0002", "failed", 2)]
+
+
 # ==========================================================================
 # Remote D1
 
@@ -796,6 +820,18 @@ def test_commit_each_sends_one_batch_per_migration(write_migration, fake, remote
     assert migration_batches(fake) == expected
     assert tracked(fake) == versions(5)
     assert event_counts(fake) == {v: 1 for v in versions(5)}
+
+
+def test_the_record_is_created_even_when_the_first_batch_fails(write_migration, fake,
+                                                               remote_cli):
+    """The record's tables go in the first migration's batch; when that
+    batch fails, they are created alone (as wrangler's rows are synced)."""
+    write_migration("0001_bad.sql", "CREATE TABLE a (x);\nINSERT INTO nosuch VALUES (1);\n")
+    code, out, err = remote_cli("apply")
+    assert code == 1, err
+    assert "0001_bad" in err and "statement 2" in err, err
+    assert fake.has_table("schema_migrations") and fake.tracking() == []
+    assert not fake.has_table("a")
 
 
 def test_a_migration_that_needs_a_schema_read_goes_alone(write_migration, fake, remote_cli):
