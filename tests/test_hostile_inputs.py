@@ -396,6 +396,12 @@ def test_lost_stdout_never_stops_the_run(fifty, how, buffering):
     db = fifty / DB
     assert versions(db) == [f"{i:04d}" for i in range(1, N_OUTPUT + 1)], err  # all 50 applied
     assert "Traceback" not in err and "Exception ignored" not in err, f"stderr:\n{err}"
+    if how in ("head -1", "reader leaves after one line") and (code, err) == (0, ""):
+        # Group commit writes the 50 lines at once, after one commit: the pipe
+        # can take them all before the reader leaves, and then no write
+        # failed (nothing to report).  Otherwise the one line below.
+        assert got.startswith(b"[1/50] 0001_t0001 "), got
+        return
     line = one_error(err)
     assert line.startswith("Error: Cannot write to standard output ("), line
     assert code == 1, (code, err)
