@@ -2371,6 +2371,16 @@ class Target:
     def close(self) -> None:
         raise NotImplementedError
 
+    def _create(self, first: Sequence[Entry]) -> None:
+        """run()'s `first` alone, when the transaction or batch it went
+        with was lost (after a stop, ensure sends nothing; a failure here
+        only leaves the record's creation to the next run)."""
+        if first:
+            try:
+                self.ensure(list(first))
+            except (MigrationError, _Stop, sqlite3.Error):
+                pass
+
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY: another connection holds the lock this statement needs."""
@@ -2850,7 +2860,6 @@ class SQLiteTarget(Target):
                  create_folder: bool = False):
         self.path = self.name = path
         self.foreign_keys = foreign_keys
-        self.log = log
         self.db = _SQLiteConnection(path, check_seconds("lock_timeout", lock_timeout),
                                     foreign_keys, on_slow_statement, create_folder)
         self._seen_version: Optional[int] = None  # data_version when the record was read
@@ -2925,14 +2934,6 @@ class SQLiteTarget(Target):
             except (_Stop, _Locked) as exc:  # while waiting for the lock
                 return _lost_at_commit(done, ran[len(done):], exc)
         return Ran(done, [], error, began)
-
-    def _create(self, first: Sequence[Entry]) -> None:
-        """The record's creation alone, after a lost transaction took it (a
-        failure here only leaves it to the next run)."""
-        try:
-            self.ensure(list(first))
-        except (MigrationError, _Stop, sqlite3.Error):
-            pass
 
     def _group(self, steps: List[Step], seconds: Optional[float], first: Sequence[Entry],
                last: Optional[Callable[[], List[Entry]]] = None
@@ -3383,15 +3384,6 @@ class D1Target(Target):
                 pass
         return ran
 
-    def _create(self, first: Sequence[Entry]) -> None:
-        """The record's creation alone, when the batch it went with failed
-        (a failure here only leaves it to the next run)."""
-        if first and self._stop_signal is None:
-            try:
-                self.ensure(list(first))
-            except MigrationError:
-                pass
-
     def _run_group(self, group: List[Step], first: Sequence[Entry]) -> Ran:
         if len(group) == 1:
             return Ran([(group[0], self._run_one(group[0], first))], [], None, None)
@@ -3426,10 +3418,10 @@ class D1Target(Target):
         size = 0
         for count, step in enumerate(steps[:D1_GROUP_STEPS]):
             size += sum(len(statement.sql) for _, statement in step.statements)
-            if count and (size > D1_GROUP_BYTES or _reads_schema(step)):
+            if _reads_schema(step):
+                return steps[:max(count, 1)]
+            if count and size > D1_GROUP_BYTES:
                 return steps[:count]
-            if not count and _reads_schema(step):
-                return steps[:1]
         return steps[:D1_GROUP_STEPS]
 
     def _one_by_one(self, steps: List[Step], first: Sequence[Entry]) -> Ran:
