@@ -2916,16 +2916,18 @@ class SQLiteTarget(Target):
         # commit per migration would have made it.  Those steps ran before:
         # a stop waits for them, unless it comes while waiting for the lock.
         done: List[Tuple[Step, Optional[float]]] = []
+        last = last if len(held) == len(steps) else None  # the note goes with the last step
         with self.db.held_stops():
             try:
-                again, failure, when, lost = self._group(held, None, first)
+                again, failure, when, lost = self._group(held, None, first, last)
                 if not lost:
                     return Ran(again, [], error if failure is None else failure,
                                began if failure is None else when)
                 if isinstance(failure, (_Locked, _Stop)):  # at its COMMIT
                     return _lost_at_commit([], ran, failure)
                 for step in held:  # one commit each, to find the one that fails
-                    again, failure, when, lost = self._group([step], None, first)
+                    again, failure, when, lost = self._group(
+                        [step], None, first, last if step is held[-1] else None)
                     if lost and again:  # a stop or a lock at its COMMIT
                         return _lost_at_commit(done, ran[len(done):], failure)
                     done += again
@@ -6396,6 +6398,23 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(text)
 
 
+def _add_change_options(command: argparse.ArgumentParser, whose: str, when: str) -> None:
+    """The options that apply and rollback share (they change the schema);
+    `whose` statements run, `when` foreign keys are checked."""
+    command.add_argument("--allow-row-loss", action="store_true",
+                         help=f"let {whose} foreign-key ON DELETE actions take rows from"
+                              " tables it does not name (refused by default)")
+    command.add_argument("--no-bookmark", action="store_true",
+                         help="with --d1-remote: do not take a Time Travel bookmark first")
+    command.add_argument("--foreign-keys", action="store_true",
+                         help=f"enforce foreign keys as D1 does {when}"
+                              " (the default with --wrangler-config)")
+    command.add_argument("--no-foreign-keys", action="store_true",
+                         help="with --wrangler-config: do not enforce them (D1 does)")
+    command.add_argument("--schema-file", metavar="FILE",
+                         help="then write the database's schema to FILE (as `schema` does)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # argparse's own words stay English, as the tool's are (Start-up).
     argparse._ = str  # type: ignore[attr-defined]
@@ -6493,18 +6512,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--backup", metavar="PATH", nargs="?", const=True,
                        help="copy the database first (default: beside it, with a UTC"
                             " timestamp in the name)")
-    apply.add_argument("--allow-row-loss", action="store_true",
-                       help="let a migration's foreign-key ON DELETE actions take rows from"
-                            " tables it does not name (refused by default)")
-    apply.add_argument("--no-bookmark", action="store_true",
-                       help="with --d1-remote: do not take a Time Travel bookmark first")
-    apply.add_argument("--foreign-keys", action="store_true",
-                       help="enforce foreign keys as D1 does and check them after each migration"
-                            " (the default with --wrangler-config)")
-    apply.add_argument("--no-foreign-keys", action="store_true",
-                       help="with --wrangler-config: do not enforce them (D1 does)")
-    apply.add_argument("--schema-file", metavar="FILE",
-                       help="then write the database's schema to FILE (as `schema` does)")
+    _add_change_options(apply, "a migration's", "and check them after each migration")
     apply.set_defaults(handler=cmd_apply)
 
     rollback = commands.add_parser("rollback", parents=[common],
@@ -6521,18 +6529,7 @@ def build_parser() -> argparse.ArgumentParser:
                                " or columns that hold data")
     rollback.add_argument("--record-only", action="store_true",
                           help="remove the record alone, leaving the schema as it is")
-    rollback.add_argument("--allow-row-loss", action="store_true",
-                          help="let the down script's foreign-key ON DELETE actions take rows"
-                               " from tables it does not name (refused by default)")
-    rollback.add_argument("--no-bookmark", action="store_true",
-                          help="with --d1-remote: do not take a Time Travel bookmark first")
-    rollback.add_argument("--foreign-keys", action="store_true",
-                          help="enforce foreign keys as D1 does while rolling back"
-                               " (the default with --wrangler-config)")
-    rollback.add_argument("--no-foreign-keys", action="store_true",
-                          help="with --wrangler-config: do not enforce them (D1 does)")
-    rollback.add_argument("--schema-file", metavar="FILE",
-                          help="then write the database's schema to FILE (as `schema` does)")
+    _add_change_options(rollback, "the down script's", "while rolling back")
     rollback.set_defaults(handler=cmd_rollback)
 
     check = commands.add_parser(

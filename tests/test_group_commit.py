@@ -615,6 +615,39 @@ def test_stop_during_an_insert_keeps_the_migrations_that_ran_before_it(project):
     assert integrity(db) == "ok"
 
 
+def test_a_run_whose_last_commit_is_replayed_still_notes_its_schema(project, monkeypatch):
+    """The final COMMIT fails once (as an I/O error would): the group is
+    replayed, and the replay's commit carries the schema's note, as the
+    lost one did, so that the next `status` need not replay the files."""
+    folder = project / "migrations"
+    write_quick(folder, 3)
+    db = project / DB
+    commit = apply_migrations._SQLiteConnection.commit
+    failed: List[bool] = []
+
+    def commit_failing_once(self) -> None:
+        if not failed and self.conn.in_transaction:
+            failed.append(True)
+            raise sqlite3.OperationalError("disk I/O error")
+        commit(self)
+
+    monkeypatch.setattr(apply_migrations._SQLiteConnection, "commit", commit_failing_once)
+    outcomes = []
+    with apply_migrations.Migrator(str(db), str(folder), on_outcome=outcomes.append) as migrator:
+        migrator.apply()
+    assert failed, "the injected COMMIT failure did not happen"
+    assert [(o.version, o.result) for o in outcomes] == [
+        (v, "applied") for v in versions(3)]
+    assert [r[0] for r in tracking_rows(db)] == versions(3)
+    noted = query(db, "SELECT applied, fingerprint FROM schema_migrations_state")
+    monkeypatch.undo()
+    again = project / "again.db"
+    with apply_migrations.Migrator(str(again), str(folder)) as migrator:
+        migrator.apply()
+    assert noted and noted == query(again, "SELECT applied, fingerprint FROM"
+                                           " schema_migrations_state")
+
+
 @pytest.mark.parametrize("failing", [
     "INSERT INTO nosuch VALUES (1);\n",
     "CREATE TABLE a (x);\n",  # already there
