@@ -646,6 +646,26 @@ class Bench:
             raise ChildFailed("%s: the tool and the CLI built different schemas" % label)
         self.series[key] = series
 
+    def memory_series(self, n):
+        """Info: the sqlite3 CLI running all N files in one transaction on an
+        in-memory database (no journal, no sync, no file: SQLite's own work on
+        the statements and nothing else) against the CLI per file.  No apply
+        to a file can take less than this share of the per-file time."""
+        script = self.cli_script(n, True)
+        series = Series("apply_%d_cli_memory" % n, "the sqlite3 CLI N=%d, all files in one"
+                        " transaction in memory (no I/O), vs the CLI per file" % n)
+        per_file = self._applier(series.key + "-cli", self.migrations(n), n, lambda db, d: [
+            SQLITE3_CLI, "-bail", db, ".read '%s'" % self.cli_script(n, False).replace("'", "''")])
+
+        def in_memory(tag):
+            return run_child([SQLITE3_CLI, "-bail", ":memory:",
+                              ".read '%s'" % script.replace("'", "''"),
+                              "SELECT count(*) FROM schema_migrations;"])
+
+        self.log("%s ..." % series.label)
+        paired(series, self.args.runs, in_memory, per_file, log=self.log)
+        self.series[series.key] = series
+
     def remote_series(self):
         """apply --d1-remote of REMOTE_N small migrations against the fake D1
         (tests/fake_d1.py) answering each request after REMOTE_DELAY_S:
@@ -1153,6 +1173,7 @@ def main(argv=None):
         if SQLITE3_CLI:
             bench.cli_series(single_n, single=True)
             bench.cli_series(single_n, single=False, commit_each=True)
+            bench.memory_series(single_n)
         if not args.script:
             bench.apply_series(sizes[0], script=True)
         bench.apply_series(single_n, single=True)
