@@ -108,8 +108,8 @@ from contextlib import contextmanager
 # Type hints are for type checkers only (see Start-up above).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
-                        Union)
+    from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set,
+                        Tuple, Union)
 
 __version__ = "1.2.0"
 
@@ -4175,6 +4175,25 @@ SQL_SCHEMA_COLUMNS = (  # distinct names: D1 gives a row's values by column name
 # The order objects are written in: tables, each followed by its indexes and
 # triggers, then views, each followed by its triggers.
 _KIND_ORDER = {"table": 0, "index": 1, "trigger": 2, "view": 0}
+# A virtual table keeps its data in "shadow" tables that its CREATE VIRTUAL
+# TABLE makes and its DROP drops: parts of it, not objects of the schema
+# (written out, they would be made twice).  By module, the suffixes of
+# SQLite's own modules (their xShadowName); D1 allows no others.
+_SHADOW_SUFFIXES = {
+    "fts3": ("content", "segments", "segdir", "docsize", "stat"),
+    "fts4": ("content", "segments", "segdir", "docsize", "stat"),
+    "fts5": ("data", "idx", "content", "docsize", "config"),
+    "rtree": ("node", "parent", "rowid"),
+    "rtree_i32": ("node", "parent", "rowid"),
+    "geopoly": ("node", "parent", "rowid"),
+}
+_VIRTUAL_TABLE = _pattern(
+    rf"(?is)\s*CREATE\s+VIRTUAL\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:{_SQL_NAME}\s*\.\s*)?"
+    rf"{_SQL_NAME}\s+USING\s+(\w+)\s*(\(.*)?")
+# An FTS table over another table's rows (content='notes'): its rows are that
+# table's, and an empty index is made whole again with its 'rebuild' command.
+_EXTERNAL_CONTENT = _pattern(
+    r"""(?i)[(,]\s*content\s*=\s*(?:'([^']+)'|"([^"]+)"|([A-Za-z_]\w*))\s*[,)]""")
 
 
 class SchemaObject(namedtuple("SchemaObject", "type name table sql")):
@@ -4190,6 +4209,26 @@ class SchemaObject(namedtuple("SchemaObject", "type name table sql")):
     @property
     def key(self) -> "tuple[str, str]":
         return (self.type, self.name.lower())
+
+    @property
+    def module(self) -> Optional[str]:
+        """A virtual table's module (fts5, rtree, ...), lower-cased; else None."""
+        found = self.type == "table" and _VIRTUAL_TABLE.match(_without_comments(self.sql))
+        return found.group(1).lower() if found else None
+
+    @property
+    def rebuilt_from_content(self) -> bool:
+        """An FTS table whose rows are another table's (content='t'): made
+        again empty, its 'rebuild' command restores it, and nothing is lost."""
+        found = self.module in ("fts4", "fts5") and _VIRTUAL_TABLE.match(
+            _without_comments(self.sql))
+        return bool(found and found.group(2) and _EXTERNAL_CONTENT.search(found.group(2)))
+
+
+def _shadow_tables(objects: Sequence[SchemaObject]) -> Set[str]:
+    """The lower-cased names of the virtual tables' shadow tables."""
+    return {f"{o.name}_{suffix}".lower() for o in objects
+            for suffix in _SHADOW_SUFFIXES.get(o.module or "", ())}
 
 
 class Column(namedtuple("Column", "name type notnull default pk")):
@@ -4332,6 +4371,8 @@ def read_schema(query: Callable[[str, tuple], List[tuple]],
                for t, n, tbl, sql in query(SQL_SCHEMA_OBJECTS, ())
                if str(n).lower() not in ignored and str(tbl).lower() not in ignored
                and t in _KIND_ORDER]
+    ignored |= _shadow_tables(objects)
+    objects = [o for o in objects if o.table.lower() not in ignored]
     columns: Dict[str, List[Column]] = {}
     for table, name, kind, notnull, default, pk in query(SQL_SCHEMA_COLUMNS, ()):
         if str(table).lower() not in ignored:
@@ -4493,6 +4534,17 @@ _CREATE_TABLE_HEAD = _pattern(
     rf"(?is)(\s*CREATE\s+(?:TEMP(?:ORARY)?\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?)"
     rf"(?:{_SQL_NAME}\s*\.\s*)?{_SQL_NAME}")
 ROLLBACK_TABLE_SUFFIX = "__apply_migrations_rollback"
+_AUTOINCREMENT = _pattern(r"(?i)\bAUTOINCREMENT\b")
+# Generated statements are printed for review, so the names are literals.
+SQL_DROP_SEQUENCE = "DELETE FROM sqlite_sequence WHERE name = {name};"
+SQL_COPY_SEQUENCE = ("INSERT INTO sqlite_sequence (name, seq) SELECT {name}, seq"
+                     " FROM sqlite_sequence WHERE name = {source};")
+# A statement that changes rows, and the table it changes (WITH ... left
+# to the caller: its table is not read here).
+_CHANGING_VERB = _pattern(r"(?i)\b(INSERT|REPLACE|UPDATE|DELETE)\b")
+_ROW_CHANGE = _pattern(
+    rf"(?is)\s*(?:(?:INSERT|REPLACE)\s+(?:OR\s+\w+\s+)?INTO|UPDATE\s+(?:OR\s+\w+\s+)?"
+    rf"|DELETE\s+FROM)\s+(?:{_SQL_NAME}\s*\.\s*)?({_SQL_NAME})")
 
 
 class RollbackPlan(namedtuple("RollbackPlan", "statements losses notes")):
@@ -4537,6 +4589,8 @@ def rollback_plan(current: Schema, target: Schema,
         mine = by_key.get(("table", source.lower()))
         if mine is None or (source == o.name and now[mine.key] == want[o.key]):
             continue
+        if o.module or mine.module:
+            continue  # not altered: made again (below)
         if source != o.name and normalized_sql(_renamed_sql(mine.sql, o.name)) == want[o.key]:
             continue  # the rename alone undoes it
         rebuilt.add(o.name.lower())
@@ -4544,15 +4598,31 @@ def rollback_plan(current: Schema, target: Schema,
                                   losses, notes)
     for o in current.tables():
         if o.key not in want and o.name not in renamed:
-            rows = count(o.name, None)
+            rows = 0 if o.rebuilt_from_content else count(o.name, None)
             if rows:
-                losses.append(f"the {rows} rows of table {o.name}, which the migration created")
+                losses.append(f"the {_plural(rows, 'row')} of table {o.name}, which the"
+                              " migration created")
             statements.append(f"DROP TABLE {quote(o.name)};")
     for o in target.tables():
         if ("table", o.name.lower()) not in now and o.name.lower() not in {
                 n.lower() for n in renamed.values()}:
-            statements.append(o.sql.rstrip().rstrip(";") + ";")
-            notes.append(f"table {o.name}, which the migration dropped, comes back empty")
+            statements += _made_again(o)
+            if not o.rebuilt_from_content:
+                notes.append(f"table {o.name}, which the migration dropped, comes back empty")
+    # A virtual table cannot be altered: one the migration changed (or a
+    # table it turned into one, or back) is dropped and made again.
+    for o in target.tables():
+        mine = by_key.get(o.key)
+        if mine is None or now[mine.key] == want[o.key] or not (o.module or mine.module):
+            continue
+        rows = 0 if mine.rebuilt_from_content else count(mine.name, None)
+        if rows:
+            losses.append(f"the {_plural(rows, 'row')} of table {mine.name}, which is made"
+                          " again")
+        statements.append(f"DROP TABLE {quote(mine.name)};")
+        statements += _made_again(o)
+        if not o.rebuilt_from_content:
+            notes.append(f"table {o.name}, which the migration changed, comes back empty")
     for kind in ("index", "view", "trigger"):
         for o in target.objects:
             if o.type == kind and (now.get(o.key) != want[o.key]
@@ -4563,11 +4633,21 @@ def rollback_plan(current: Schema, target: Schema,
     return RollbackPlan(statements, losses, notes)
 
 
+def _made_again(table: SchemaObject) -> List[str]:
+    """A table's CREATE statement, and for an FTS index over another table's
+    rows, its rebuild from them."""
+    statements = [table.sql.rstrip().rstrip(";") + ";"]
+    if table.rebuilt_from_content:
+        name = quote_identifier(table.name)
+        statements.append(f"INSERT INTO {name} ({name}) VALUES ('rebuild');")
+    return statements
+
+
 def _renamed_tables(current: Schema, target: Schema) -> Dict[str, str]:
     """Tables the migration renamed: gone from one schema and new in the
     other with the same columns (name and type, in order)."""
-    now = {o.name.lower(): o for o in current.tables()}
-    want = {o.name.lower(): o for o in target.tables()}
+    now = {o.name.lower(): o for o in current.tables() if not o.module}
+    want = {o.name.lower(): o for o in target.tables() if not o.module}
     renamed: Dict[str, str] = {}
     for name, o in now.items():
         if name in want:
@@ -4626,14 +4706,26 @@ def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, targe
                 for column in extra]
     kept = [n for n in names if n in want_names or n in renames]
     temporary = theirs.name + ROLLBACK_TABLE_SUFFIX
-    return [
+    statements = [
         "PRAGMA defer_foreign_keys = ON;",
         _renamed_sql(theirs.sql, temporary).rstrip().rstrip(";") + ";",
         f"INSERT INTO {quote(temporary)} ({', '.join(quote(renames.get(n, n)) for n in kept)})"
         f" SELECT {', '.join(quote(n) for n in kept)} FROM {quote(mine.name)};",
+    ]
+    if _AUTOINCREMENT.search(_without_comments(theirs.sql)):
+        # The copy would start the sequence again at the largest id kept: ids
+        # of deleted rows would come back.  (The rename carries the row.)
+        statements += [SQL_DROP_SEQUENCE.format(name=_sql_text(temporary)),
+                       SQL_COPY_SEQUENCE.format(name=_sql_text(temporary),
+                                                source=_sql_text(mine.name))]
+    return statements + [
         f"DROP TABLE {quote(mine.name)};",
         f"ALTER TABLE {quote(temporary)} RENAME TO {quote(theirs.name)};",
     ]
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def compute_rollback(query: Callable[[str, tuple], List[tuple]], record: Record,
@@ -4671,7 +4763,9 @@ def compute_rollback(query: Callable[[str, tuple], List[tuple]], record: Record,
                                table=quote_identifier(table))
         return int(query(sql, ())[0][0])
 
-    return _checked(rollback_plan(actual, before, count), applied, before, why)
+    plan = _checked(rollback_plan(actual, before, count), applied, before, why)
+    return _with_row_changes(plan, next(m for m in applied if m.key == key), before, now, why,
+                             f", or remove the record alone with {_opt('record_only')}")
 
 
 def down_script_plan(migrations: Sequence[Migration], key: Union[int, str]) -> RollbackPlan:
@@ -4688,7 +4782,41 @@ def down_script_plan(migrations: Sequence[Migration], key: Union[int, str]) -> R
         now, before = replay_schema(upto), replay_schema(upto[:-1])
     except MigrationFailed as exc:
         raise MigrationError(f"{why}: {exc}") from None
-    return _checked(rollback_plan(now, before, lambda table, column: 0), upto, before, why)
+    plan = _checked(rollback_plan(now, before, lambda table, column: 0), upto, before, why)
+    return _with_row_changes(plan, upto[-1], before, now, why)
+
+
+def _with_row_changes(plan: RollbackPlan, migration: Migration, before: Schema, now: Schema,
+                      why: str, instead: str = "") -> RollbackPlan:
+    """The plan, with a note for each statement of the migration that
+    changed rows of a table there before and after it: a computed rollback
+    undoes the schema, not those.  Refused when that is all it did: its
+    rollback would do nothing and say it had rolled back."""
+    kept = ({o.name.lower() for o in before.tables()}
+            & {o.name.lower() for o in now.tables()})
+    changed = []
+    for number, statement in enumerate(migration.statements("roll back"), 1):
+        if statement.keyword == "WITH":
+            found = _CHANGING_VERB.search(_head_of(statement))
+            if found:
+                changed.append((number, f"WITH ... {found.group(1).upper()}"))
+        elif statement.keyword in ("INSERT", "REPLACE", "UPDATE", "DELETE"):
+            found = _ROW_CHANGE.match(_without_comments(statement.sql))
+            table = _unquote(found.group(1)) if found else ""
+            if table.lower() in kept:
+                changed.append((number, f"{statement.keyword} {table}"))
+    if not changed:
+        return plan
+    if not plan.statements:
+        number, what = changed[0]
+        raise MigrationError(
+            f"{why}: it changed rows, not the schema (statement {number}, {what}), and a"
+            f" computed rollback undoes schema changes only; write a down script that undoes"
+            f" them{instead}")
+    return plan._replace(notes=plan.notes + [
+        f"the rows that statement {number} ({what}) changed stay as they are (a computed"
+        " rollback undoes the schema, and values only with the columns it drops)"
+        for number, what in changed])
 
 
 def _checked(plan: RollbackPlan, applied: Sequence[Migration], before: Schema,
