@@ -187,6 +187,12 @@ UTF8_BOM = b"\xef\xbb\xbf"
 TRANSACTION_KEYWORDS = frozenset(
     ("BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE")
 )
+# Settings that a migration must not change: they last for the rest of the
+# run, and the tool's transactions rely on them (journal_mode=OFF leaves a
+# failing migration half done; WAL cannot be entered inside a transaction,
+# so it would work or fail by where the group commit fell; an EXCLUSIVE
+# locking_mode keeps every other process out until the run ends).
+RUN_PRAGMAS = frozenset(("journal_mode", "locking_mode"))
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -1116,6 +1122,7 @@ D1_PRAGMAS = frozenset((
 # A name as SQL spells it: quoted, or a bare word.
 _SQL_NAME = r'(?:"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`|\[[^\]]*\]|[^\s.;(]+)'
 _PRAGMA_NAME = _pattern(rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?(\w+)")
+_SETS_PRAGMA = _pattern(r"[=(]")
 # Every spelling SQLite reads as "off" (sqlite3GetBoolean), quoted or not.
 _FOREIGN_KEYS_OFF = _pattern(
     rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?foreign_keys[\"`\]]?\s*(?:=\s*|\(\s*)"
@@ -1149,14 +1156,35 @@ class _InFile(namedtuple("_InFile", "position size wrapped exact_wrapper")):
 
     position (int): from 0
     size (int): statements in the file
-    wrapped (bool): the file is wrapped whole in BEGIN ... COMMIT/END
+    wrapped (Optional[int]): where the BEGIN of a BEGIN ... COMMIT/END that
+        wraps the file whole starts (after its leading PRAGMA foreign_keys);
+        None if it is not wrapped
     exact_wrapper (bool): ... in exactly wrangler's `BEGIN TRANSACTION;` / `COMMIT;`
     """
 
     __slots__ = ()
 
     def at_edge(self) -> bool:
-        return self.wrapped and self.position in (0, self.size - 1)
+        return self.wrapped is not None and self.position in (self.wrapped, self.size - 1)
+
+
+def _is_foreign_keys_pragma(statement: Statement) -> bool:
+    return (statement.keyword == "PRAGMA"
+            and _FOREIGN_KEYS_PRAGMA.match(_without_comments(statement.sql)) is not None)
+
+
+def _wrapped_from(statements: Sequence[Statement]) -> Optional[int]:
+    """Where a BEGIN ... COMMIT (or END) that wraps a file whole begins:
+    after the file's leading PRAGMA foreign_keys, which SQLite's recipe
+    for a table rebuild puts before the transaction, where they take
+    effect.  None when the file is not wrapped."""
+    lead = 0
+    while lead < len(statements) and _is_foreign_keys_pragma(statements[lead]):
+        lead += 1
+    if (len(statements) - lead >= 2 and statements[lead].keyword == "BEGIN"
+            and statements[-1].keyword in ("COMMIT", "END")):
+        return lead
+    return None
 
 
 def _transaction_wrapper(s: Statement, words: str, where: _InFile) -> Optional[str]:
@@ -1270,9 +1298,9 @@ def check_statements(path: str, statements: Sequence[Statement],
         rules = D1_RULES
     findings: List[Finding] = []
     count = len(statements)
-    wrapped = (count >= 2 and statements[0].keyword == "BEGIN"
-               and statements[-1].keyword in ("COMMIT", "END"))
-    exact = wrapped and (statements[0].sql, statements[-1].sql) == WRANGLER_WRAPPER
+    wrapped = _wrapped_from(statements)
+    exact = wrapped is not None and (
+        statements[wrapped].sql, statements[-1].sql) == WRANGLER_WRAPPER
     for index, statement in enumerate(statements):
         where = _InFile(index, count, wrapped, exact)
         words = (_without_comments(statement.sql)
@@ -2773,7 +2801,7 @@ class _SQLiteSteps:
         """After a step's statements: check its foreign keys and write its
         bookkeeping; returns its duration in ms."""
         if self.foreign_keys:
-            broken = self._foreign_key_violations()
+            broken = self._foreign_key_violations(step)
             if broken:
                 raise MigrationFailed(
                     step.name, step.path,
@@ -2804,16 +2832,25 @@ class _SQLiteSteps:
             if hoisted and self.db.conn is not None:
                 self.db.conn.execute(f"PRAGMA foreign_keys = {self.db.foreign_keys_default}")
 
-    def _foreign_key_violations(self) -> Optional[str]:
-        """PRAGMA foreign_key_check, as text for a message; None if clean."""
+    def _foreign_key_violations(self, step: Step, before: bool = False) -> Optional[str]:
+        """PRAGMA foreign_key_check, as text for a message; None if clean.
+        A check that cannot run (a foreign key naming columns with no unique
+        index: a "mismatch") is the step's failure, or with `before`, the
+        database's, as any SQL error is."""
         try:
             broken = self.db.admin("PRAGMA foreign_key_check").fetchall()
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             # The progress handler aborts a long check on Ctrl-C.
             instead = self.db.interruption()
             if instead is not None:
                 raise instead from None
-            raise
+            why = (f"PRAGMA foreign_key_check failed: {exc} (with {_opt('foreign_keys')} it"
+                   " runs after each migration; a foreign key must name the parent's primary"
+                   " key or columns with a UNIQUE index)")
+            if before:
+                raise MigrationError(f"Database {self.path}: {why}. Nothing was"
+                                     f" {_done_word(step)}.") from None
+            raise MigrationFailed(step.name, step.path, why, action=step.action) from None
         if not broken:
             return None
         shown = ", ".join(f"{table} rowid {rowid} -> {parent}"
@@ -2825,14 +2862,17 @@ class _SQLiteSteps:
         before the first: otherwise old orphans would be blamed on it."""
         if not self.foreign_keys or self.orphans_checked:
             return
-        broken = self._foreign_key_violations()
+        broken = self._foreign_key_violations(step, before=True)
         if broken:
-            done = "applied" if step.action == "apply" else "rolled back"
             raise MigrationError(
                 f"Database {self.path} already has rows whose foreign keys point"
                 f" nowhere ({broken}); {_opt('foreign_keys')} checks after each migration,"
-                f" so fix these rows first. Nothing was {done}.")
+                f" so fix these rows first. Nothing was {_done_word(step)}.")
         self.orphans_checked = True
+
+
+def _done_word(step: Step) -> str:
+    return "applied" if step.action == "apply" else "rolled back"
 
 
 def _lost_at_commit(done: list, rest: list, error: BaseException) -> Ran:
@@ -2847,7 +2887,9 @@ class SQLiteTarget(Target):
     A step and its bookkeeping commit together, and any failure, Ctrl-C
     included, rolls both back before the exception leaves.  With
     create_folder, a missing folder of the database is made (wrangler's
-    state folder, which wrangler makes on first use).  Output goes
+    state folder, which wrangler makes on first use); with d1_rules, a
+    migration that D1 would refuse is refused (wrangler's local D1 file,
+    which wrangler's own local D1 refuses it on as well).  Output goes
     only through the optional callbacks: ``log`` gets one line per
     statement with its timing, ``on_slow_statement`` is called a few times
     a second while one statement has run longer than two seconds.
@@ -2857,13 +2899,15 @@ class SQLiteTarget(Target):
                  foreign_keys: bool = False,
                  log: Optional[Callable[[str], None]] = None,
                  on_slow_statement: Optional[Callable[[str, int, int, float], None]] = None,
-                 create_folder: bool = False):
+                 create_folder: bool = False, d1_rules: bool = False):
         self.path = self.name = path
         self.foreign_keys = foreign_keys
+        self.d1_rules = d1_rules  # wrangler's local D1 file: what D1 refuses, refused here too
         self.db = _SQLiteConnection(path, check_seconds("lock_timeout", lock_timeout),
                                     foreign_keys, on_slow_statement, create_folder)
         self._seen_version: Optional[int] = None  # data_version when the record was read
         self._capture = True
+        self._unnoted = False  # the schema's note took a group's transaction with it
         self.steps = _SQLiteSteps(self.db, path, foreign_keys, log)
 
     # -- the interface ------------------------------------------------------
@@ -2902,6 +2946,7 @@ class SQLiteTarget(Target):
         once it has run GROUP_COMMIT_SECONDS, and runs again first in the
         next call).  A failing step is rolled back to its savepoint and
         those before it commit."""
+        self._unnoted = False
         ran, error, began, lost = self._group(steps, GROUP_COMMIT_SECONDS, first, last)
         held = [step for step, _ in ran]
         if lost and not held and first:
@@ -2916,7 +2961,8 @@ class SQLiteTarget(Target):
         # commit per migration would have made it.  Those steps ran before:
         # a stop waits for them, unless it comes while waiting for the lock.
         done: List[Tuple[Step, Optional[float]]] = []
-        last = last if len(held) == len(steps) else None  # the note goes with the last step
+        # The note goes with the last step, unless it was what was lost.
+        last = last if len(held) == len(steps) and not self._unnoted else None
         with self.db.held_stops():
             try:
                 again, failure, when, lost = self._group(held, None, first, last)
@@ -2959,7 +3005,8 @@ class SQLiteTarget(Target):
                 deadline = None if seconds is None else now + seconds
                 for step in steps:
                     if ran and (hoisted or self._hoists(step) or db.stopped is not None
-                                or (deadline is not None and time.perf_counter() >= deadline)):
+                                or (deadline is not None and time.perf_counter() >= deadline)
+                                or _sets_deferral(ran[-1][0])):
                         break
                     began = (time.time(), time.perf_counter())
                     try:
@@ -2990,7 +3037,9 @@ class SQLiteTarget(Target):
                 if not db.conn.in_transaction:  # type: ignore[union-attr]
                     return ran, error, began, True
                 if last is not None and error is None and len(ran) == len(steps):
-                    self._last(last)
+                    if not self._last(last):
+                        self._unnoted = True  # its replay goes without the note
+                        return ran, error, began, True
                 try:
                     db.commit()
                 except (sqlite3.Error, MigrationError, _Stop) as exc:
@@ -3000,9 +3049,10 @@ class SQLiteTarget(Target):
                     if len(ran) != 1 or isinstance(exc, _Stop):
                         return ran, exc if isinstance(exc, _Stop) else error, began, True
                     step = ran[0][0]
-                    failure = MigrationFailed(step.name, step.path,
-                                              f"{exc} at COMMIT; it was rolled back",
-                                              action=step.action)
+                    failure = MigrationFailed(
+                        step.name, step.path,
+                        f"at its COMMIT: {exc.marked}" if isinstance(exc, _Locked)
+                        else f"{exc} at COMMIT; it was rolled back", action=step.action)
                     failure.__cause__ = exc
                     return [], failure, began, True  # (its record too: SQLiteTarget.run)
             except BaseException:
@@ -3011,14 +3061,20 @@ class SQLiteTarget(Target):
         self._capture = True
         return ran, error, began, False
 
-    def _last(self, last: Callable[[], List[Entry]]) -> None:
+    def _last(self, last: Callable[[], List[Entry]]) -> bool:
+        """The last entries (the schema's note) in their own savepoint: a
+        failure only leaves them out.  False when it took the whole
+        transaction with it (a trigger's RAISE(ROLLBACK) on the table)."""
         db = self.db
         db.admin(SQL_SAVEPOINT)
         try:
             self.steps.admin_all(last())
         except (MigrationError, sqlite3.Error):
+            if not db.conn.in_transaction:  # type: ignore[union-attr]
+                return False
             db.admin(SQL_ROLLBACK_TO)
         db.admin(SQL_RELEASE)
+        return True
 
     def _hoists(self, step: Step) -> bool:
         return bool(step.hoisted) and not self.foreign_keys
@@ -3424,6 +3480,8 @@ class D1Target(Target):
                 return steps[:max(count, 1)]
             if count and size > D1_GROUP_BYTES:
                 return steps[:count]
+            if _sets_deferral(step):
+                return steps[:count + 1]
         return steps[:D1_GROUP_STEPS]
 
     def _one_by_one(self, steps: List[Step], first: Sequence[Entry]) -> Ran:
@@ -3698,10 +3756,18 @@ def prepare_statements(migration: Migration, action: str = "apply",
     tool's own transaction."""
     statements = migration.statements(action)
     numbered = list(enumerate(statements, 1))
-    if (len(statements) >= 2 and statements[0].keyword == "BEGIN"
-            and statements[-1].keyword in ("COMMIT", "END")):
-        numbered = numbered[1:-1]
+    wrapped = _wrapped_from(statements)
+    if wrapped is not None:
+        numbered = numbered[:wrapped] + numbered[wrapped + 1:-1]
     for number, statement in numbered:
+        if (_pragma_name(statement) in RUN_PRAGMAS
+                and _SETS_PRAGMA.search(_without_comments(statement.sql))):
+            raise MigrationFailed(
+                migration.name, migration.path,
+                f"PRAGMA {_pragma_name(statement)} is not allowed inside a migration: it sets"
+                " how the database file is written or locked for the rest of the run, which the"
+                " tool's transactions rely on; set it on the database outside the migrations",
+                number, statement.line, statement.sql, action=action)
         if statement.keyword in TRANSACTION_KEYWORDS:
             raise MigrationFailed(
                 migration.name, migration.path,
@@ -3724,11 +3790,27 @@ def prepare_statements(migration: Migration, action: str = "apply",
     return numbered
 
 
+def _pragma_name(statement: Statement) -> Optional[str]:
+    """The lower-cased name of a PRAGMA statement's setting; else None."""
+    if statement.keyword != "PRAGMA":
+        return None
+    found = _PRAGMA_NAME.match(_without_comments(statement.sql).lstrip())
+    return found.group(1).lower() if found else None
+
+
+def _sets_deferral(step: Step) -> bool:
+    """Whether a step sets PRAGMA defer_foreign_keys, which lasts until the
+    COMMIT: no later step may share its transaction (a group commit's, a D1
+    batch's), or it would run with its checks deferred too.  (Setting it
+    off again is no cure: SQLite then forgets what was deferred.)"""
+    return any(_pragma_name(statement) == "defer_foreign_keys"
+               for _, statement in step.statements)
+
+
 def _leading_foreign_keys(statements: List[Tuple[int, Statement]]) -> int:
     """How many statements at the start of a file are PRAGMA foreign_keys."""
     count = 0
-    while (count < len(statements) and statements[count][1].keyword == "PRAGMA"
-           and _FOREIGN_KEYS_PRAGMA.match(_without_comments(statements[count][1].sql))):
+    while count < len(statements) and _is_foreign_keys_pragma(statements[count][1]):
         count += 1
     return count
 
@@ -5026,7 +5108,8 @@ class Migrator:
             target = SQLiteTarget(options.db_path, lock_timeout=options.lock_timeout,
                                   foreign_keys=options.foreign_keys, log=log,
                                   on_slow_statement=on_slow_statement,
-                                  create_folder=options.wrangler_config is not None)
+                                  create_folder=options.wrangler_config is not None,
+                                  d1_rules=options.wrangler_config is not None)
         return cls(target, options.migrations_dir, wrangler_table=options.wrangler_table,
                    on_outcome=on_outcome, on_restore_point=on_restore_point,
                    on_warning=on_warning, audit=options.audit)
@@ -6278,7 +6361,9 @@ def cmd_apply(options: Options, console: Console) -> int:
                 show_apply(console, exc.report)
             raise
         _keep_schema_file(options, migrator, console)
-    show_apply(console, report)
+        # Still under the handlers: a signal now, with the work done, must
+        # not cut the report short or call it interrupted.
+        show_apply(console, report)
     return EXIT_OK
 
 
@@ -6290,7 +6375,7 @@ def cmd_rollback(options: Options, console: Console) -> int:
                                    allow_data_loss=options.allow_data_loss,
                                    record_only=options.record_only, dry_run=options.dry_run)
         _keep_schema_file(options, migrator, console)
-    show_rollback(console, report, options.migrations_dir, options.dry_run)
+        show_rollback(console, report, options.migrations_dir, options.dry_run)  # (as apply)
     return EXIT_OK
 
 
