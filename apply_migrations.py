@@ -4616,7 +4616,9 @@ _CREATE_TABLE_HEAD = _pattern(
     rf"(?is)(\s*CREATE\s+(?:TEMP(?:ORARY)?\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?)"
     rf"(?:{_SQL_NAME}\s*\.\s*)?{_SQL_NAME}")
 ROLLBACK_TABLE_SUFFIX = "__apply_migrations_rollback"
-_AUTOINCREMENT = _pattern(r"(?i)\bAUTOINCREMENT\b")
+# As SQLite's grammar has it: the word only counts after PRIMARY KEY.
+_AUTOINCREMENT = _pattern(
+    r"(?i)\bPRIMARY\s+KEY(?:\s+(?:ASC|DESC))?(?:\s+ON\s+CONFLICT\s+\w+)?\s+AUTOINCREMENT\b")
 # Generated statements are printed for review, so the names are literals.
 SQL_DROP_SEQUENCE = "DELETE FROM sqlite_sequence WHERE name = {name};"
 SQL_COPY_SEQUENCE = ("INSERT INTO sqlite_sequence (name, seq) SELECT {name}, seq"
@@ -4625,7 +4627,7 @@ SQL_COPY_SEQUENCE = ("INSERT INTO sqlite_sequence (name, seq) SELECT {name}, seq
 # to the caller: its table is not read here).
 _CHANGING_VERB = _pattern(r"(?i)\b(INSERT|REPLACE|UPDATE|DELETE)\b")
 _ROW_CHANGE = _pattern(
-    rf"(?is)\s*(?:(?:INSERT|REPLACE)\s+(?:OR\s+\w+\s+)?INTO|UPDATE\s+(?:OR\s+\w+\s+)?"
+    rf"(?is)\b(?:(?:INSERT|REPLACE)\s+(?:OR\s+\w+\s+)?INTO|UPDATE(?:\s+OR\s+\w+)?"
     rf"|DELETE\s+FROM)\s+(?:{_SQL_NAME}\s*\.\s*)?({_SQL_NAME})")
 
 
@@ -4794,7 +4796,7 @@ def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, targe
         f"INSERT INTO {quote(temporary)} ({', '.join(quote(renames.get(n, n)) for n in kept)})"
         f" SELECT {', '.join(quote(n) for n in kept)} FROM {quote(mine.name)};",
     ]
-    if _AUTOINCREMENT.search(_without_comments(theirs.sql)):
+    if _AUTOINCREMENT.search(_QUOTED_OR_COMMENT.sub(" x ", theirs.sql)):  # names, strings out
         # The copy would start the sequence again at the largest id kept: ids
         # of deleted rows would come back.  (The rename carries the row.)
         statements += [SQL_DROP_SEQUENCE.format(name=_sql_text(temporary)),
@@ -4876,14 +4878,19 @@ def _with_row_changes(plan: RollbackPlan, migration: Migration, before: Schema, 
     rollback would do nothing and say it had rolled back."""
     kept = ({o.name.lower() for o in before.tables()}
             & {o.name.lower() for o in now.tables()})
+    kept |= {name.lower() for name in _renamed_tables(now, before)}  # renamed back
     changed = []
     for number, statement in enumerate(migration.statements("roll back"), 1):
         if statement.keyword == "WITH":
-            found = _CHANGING_VERB.search(_head_of(statement))
-            if found:
-                changed.append((number, f"WITH ... {found.group(1).upper()}"))
+            # The statement after the common table expressions (SELECTs)
+            words = _head_of(statement)
+            verb, found = _CHANGING_VERB.search(words), _ROW_CHANGE.search(words)
+            table = _unquote(found.group(1)) if found else None
+            if verb and (table is None or table.lower() in kept):
+                changed.append((number, f"WITH ... {verb.group(1).upper()}"
+                                        + (f" {table}" if table else "")))
         elif statement.keyword in ("INSERT", "REPLACE", "UPDATE", "DELETE"):
-            found = _ROW_CHANGE.match(_without_comments(statement.sql))
+            found = _ROW_CHANGE.match(_without_comments(statement.sql).lstrip())
             table = _unquote(found.group(1)) if found else ""
             if table.lower() in kept:
                 changed.append((number, f"{statement.keyword} {table}"))
