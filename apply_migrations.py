@@ -934,9 +934,12 @@ def scan_folder(folder: str, wrangler: bool = False) -> FolderScan:
         migration = Migration(match.group(1), name[:-4], path)
         twin = by_number.get(migration.key)  # type: ignore[arg-type]
         if twin is not None:
+            # sqlx's and golang-migrate's NNNN_x.up.sql / NNNN_x.down.sql
+            paired = {n.lower()[:-4].rsplit(".", 1)[-1] for n in (name, twin.filename)}
             find("duplicate-number", path,
                  f"the number {migration.key} is also used by {twin.filename};"
-                 " renumber one of them")
+                 + (" a down script belongs in the down/ sub-folder, under the name of its"
+                    " migration" if paired == {"up", "down"} else " renumber one of them"))
             continue
         by_number[migration.key] = migration  # type: ignore[index]
         migrations.append(migration)
@@ -4034,7 +4037,7 @@ class Guard(namedtuple("Guard", "before after references")):
         nothing to count afterwards)."""
         reference = self.references[ref - 1]
         unit = "rows" if reference.action == "CASCADE" else "references"
-        counts = ("" if kept is None else f", {kept} {unit} before"
+        counts = ("" if kept is None else f", {_plural(kept, unit[:-1])} before"
                   + ("" if now is None else f" and {now} after"))
         return MigrationFailed(
             step.name, step.path,
@@ -4677,9 +4680,11 @@ def rollback_plan(current: Schema, target: Schema,
             continue  # not altered: made again (below)
         if source != o.name and normalized_sql(_renamed_sql(mine.sql, o.name)) == want[o.key]:
             continue  # the rename alone undoes it
-        rebuilt.add(o.name.lower())
-        statements += _table_back(mine._replace(name=o.name), o, current, target, count,
-                                  losses, notes)
+        back = _table_back(mine._replace(name=o.name), o, current, target, count, losses,
+                           notes)
+        if any(ROLLBACK_TABLE_SUFFIX in statement for statement in back):
+            rebuilt.add(o.name.lower())  # its indexes and triggers went with the old table
+        statements += back
     for o in current.tables():
         if o.key not in want and o.name not in renamed:
             rows = 0 if o.rebuilt_from_content else count(o.name, None)

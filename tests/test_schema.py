@@ -368,3 +368,31 @@ def test_drift_on_d1_remote(project, write_migration, run_cli, monkeypatch):
         # A computed rollback is refused on a drifted database.
         code, out, err = run_cli(["rollback", "--d1-remote", "--no-bookmark"])
         assert code == 1 and "drift" in err.lower(), err
+
+
+def test_rollback_of_an_added_column_leaves_the_tables_indexes_and_triggers_alone(
+        project, write_migration, run_cli):
+    """A column the migration added is dropped, and nothing else: the
+    table's indexes and triggers were not rebuilt, so they are not made
+    again (on a large table that would cost an index build each)."""
+    write_migration("0001_t.sql", "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);\n"
+                                  "CREATE INDEX t_name ON t (name);\n"
+                                  "CREATE TABLE log (id INTEGER);\n"
+                                  "CREATE TRIGGER t_log AFTER INSERT ON t\n"
+                                  "BEGIN INSERT INTO log (id) VALUES (NEW.id); END;\n")
+    write_migration("0002_note.sql", "ALTER TABLE t ADD COLUMN note TEXT;\n")
+    code, out, err = run_cli(["apply", "--db-path", "app.db"])
+    assert code == 0, err
+    code, out, err = run_cli(["rollback", "--db-path", "app.db", "--dry-run"])
+    assert code == 0, err
+    assert out.splitlines()[1:] == ['ALTER TABLE "t" DROP COLUMN "note";']
+
+
+def test_up_and_down_files_of_one_number_point_to_the_down_folder(project, write_migration,
+                                                                   run_cli):
+    write_migration("0001_a.up.sql", "CREATE TABLE a (x);\n")
+    write_migration("0001_a.down.sql", "DROP TABLE a;\n")
+    code, out, err = run_cli(["status", "--db-path", "app.db"])
+    assert code == 1
+    assert "a down script belongs in the down/ sub-folder" in err, err
+    assert not (project / "app.db").exists()
