@@ -300,6 +300,7 @@ D1_DATABASE_VARIABLE = "D1_DATABASE_ID"
 D1_TOKEN_VARIABLE = "CLOUDFLARE_API_TOKEN"
 D1_API_BASE_VARIABLE = "CLOUDFLARE_API_BASE_URL"
 DEFAULT_HTTP_TIMEOUT = 30.0
+MAX_HTTP_TIMEOUT = 3600.0  # beyond this a wait is a hang (and far beyond, an OverflowError)
 DEFAULT_HTTP_RETRIES = 4
 MAX_HTTP_RETRIES = 100
 D1_MAX_STATEMENT_BYTES = 100_000
@@ -1775,23 +1776,58 @@ def _d1_settings(values: Mapping[str, object], environ: Mapping[str, str],
             (D1_TOKEN_VARIABLE, token, "an API token with D1 edit permission")):
         if not value:
             raise ConfigurationError(f"{variable} is not set: {_opt('remote')} needs {what}.")
+    database_from = D1_DATABASE_VARIABLE if environ.get(D1_DATABASE_VARIABLE, "").strip() \
+        else f"The database_id of {found.name if found else 'the database'} in" \
+        f" {values.get('wrangler_config') or 'the wrangler config'}"
+    # They go into the URL's path and the Authorization header: anything else
+    # there would change the URL, or fail (with the token in the message).
+    for variable, value in ((D1_ACCOUNT_VARIABLE, account), (database_from, database)):
+        if not _D1_ID.fullmatch(value):
+            raise ConfigurationError(
+                f"{variable} {value!r} is not a Cloudflare id: it may hold only letters,"
+                " digits, '-' and '_'. Copy it again from the dashboard or `wrangler d1 list`.")
+    if not _D1_TOKEN.fullmatch(token):
+        raise ConfigurationError(
+            f"{D1_TOKEN_VARIABLE} holds a space, a control character or a character that is not"
+            " ASCII, which no API token has (the token is not shown). Set it again, without"
+            " quotes or line breaks.")
     api_base = values.get("api_base")
     if api_base is None:
         if D1_API_BASE_VARIABLE in environ and not environ[D1_API_BASE_VARIABLE].strip():
             raise ConfigurationError(
                 f"{D1_API_BASE_VARIABLE} is set but empty; unset it to use {D1_API_BASE}")
         api_base = environ.get(D1_API_BASE_VARIABLE, "").strip() or D1_API_BASE
-    if not re.match(r"https?://[^/\s]+", str(api_base)):
+    if not re.match(r"https?://[^/\s]+", str(api_base)) or not _url_port_ok(str(api_base)) \
+            or not _D1_TOKEN.fullmatch(str(api_base)):
         raise ConfigurationError(
             f"The D1 API base URL {api_base!r} is not an http:// or https:// URL")
     retries = values.get("http_retries", DEFAULT_HTTP_RETRIES)
     if not isinstance(retries, int) or not 0 <= retries <= MAX_HTTP_RETRIES:
         raise ConfigurationError(
             f"{_opt('http_retries')} {retries!r} is not a count from 0 to {MAX_HTTP_RETRIES}")
-    return D1Settings(str(api_base).rstrip("/"), account, database, token,
-                      check_seconds("http_timeout",
-                                    values.get("http_timeout", DEFAULT_HTTP_TIMEOUT), zero=False),
+    timeout = check_seconds("http_timeout", values.get("http_timeout", DEFAULT_HTTP_TIMEOUT),
+                            zero=False)
+    if timeout > MAX_HTTP_TIMEOUT:
+        raise ConfigurationError(
+            f"{_opt('http_timeout')} {values.get('http_timeout')!r} is too long: give a number of"
+            f" seconds above 0 and at most {MAX_HTTP_TIMEOUT:g}")
+    return D1Settings(str(api_base).rstrip("/"), account, database, token, timeout,
                       retries, found.name if found else "")
+
+
+# What Cloudflare's account and database ids are made of, and what may be in
+# an Authorization header or a URL at all: printable ASCII, no space.
+_D1_ID = re.compile(r"[A-Za-z0-9_-]+")
+_D1_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def _url_port_ok(url: str) -> bool:
+    from urllib.parse import urlsplit
+    try:
+        urlsplit(url).port  # a port out of range or not a number fails only when sent
+    except ValueError:
+        return False
+    return True
 
 
 # ==========================================================================
