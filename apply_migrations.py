@@ -3292,7 +3292,15 @@ class D1Client:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
+            status = exc.code
+            try:
+                raw = exc.read()
+            except (ConnectionError, http.client.HTTPException, OSError) as lost:
+                # An error answer cut short or stalled (a timeout is an
+                # OSError): unread, it cannot say whether a write ran.
+                raise _Transient(f"HTTP {status} from D1 with its body cut short"
+                                 f" ({lost.__class__.__name__})", maybe_ran=status != 429,
+                                 delay=_retry_after(exc.headers)) from None
             if status == 429 or status >= 500:
                 raise _Transient(f"HTTP {status} from D1", maybe_ran=status != 429,
                                  delay=_retry_after(exc.headers))
@@ -3309,8 +3317,11 @@ class D1Client:
         if self.log:
             self.log(f"{request.get_method()} .../{kind}: HTTP {status} in"
                      f" {format_ms((time.perf_counter() - started) * 1000)}")
+        def not_json(constant: str) -> None:
+            raise ValueError(constant)  # NaN and Infinity are Python's, not JSON's
+
         try:
-            return status, json.loads(raw.decode("utf-8"))
+            return status, json.loads(raw.decode("utf-8"), parse_constant=not_json)
         except ValueError:
             return status, None
 
@@ -3323,11 +3334,11 @@ class D1Client:
         for attempt in range(self.retries + 1):
             try:
                 status, payload = self._post_once(kind, body)
-                if status == 200 and not _is_envelope(payload, results):
+                if 200 <= status < 300 and not _is_envelope(payload, results):
                     # Not D1's answer (a proxy's page, a truncated body):
                     # whether a write ran is unknown.
-                    raise _Transient("HTTP 200 from D1 with a body that is not D1's answer",
-                                     maybe_ran=True)
+                    raise _Transient(f"HTTP {status} from D1 with a body that is not D1's"
+                                     " answer", maybe_ran=True)
                 break
             except _Transient as transient:
                 if transient.maybe_ran and not idempotent:
@@ -3338,7 +3349,7 @@ class D1Client:
                         f" attempt{'s' if attempt else ''}")) from None
                 self.pause(min(transient.delay if transient.delay is not None else delay, 60.0))
                 delay *= 2
-        if status == 200:
+        if 200 <= status < 300:
             return payload["result"]  # type: ignore[index]
         errors = payload.get("errors") if isinstance(payload, dict) else None
         if isinstance(errors, list) and errors and all(isinstance(e, dict) for e in errors):
@@ -3374,10 +3385,17 @@ class D1Client:
     def rows(self, sql: str, params: tuple = ()) -> List[tuple]:
         result = self.request("raw", {"sql": sql, "params": list(params)}, idempotent=True,
                               results=1)
-        rows = result[-1].get("results")
-        rows = rows.get("rows") if isinstance(rows, dict) else None
-        if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
-            raise D1Error("D1 answered a read with its rows in an unexpected shape")
+        results = result[-1].get("results")
+        rows = results.get("rows") if isinstance(results, dict) else None
+        columns = results.get("columns") if isinstance(results, dict) else None
+        # Callers unpack each row: one value for each column, or the answer
+        # is not D1's (a row of another length would be a traceback there).
+        if (not isinstance(rows, list) or not isinstance(columns, list)
+                or (rows and not columns)
+                or not all(isinstance(row, list) and len(row) == len(columns)
+                           for row in rows)):
+            raise D1Error("D1 answered a read with its rows in an unexpected shape: an answer"
+                          " that is not D1's")
         return [tuple(row) for row in rows]
 
 
@@ -3403,15 +3421,22 @@ def _retry_after(headers) -> Optional[float]:
     return seconds if 0 <= seconds < float("inf") else None
 
 
+# Longer than D1 lets any request run (30 s) by far: a duration beyond it
+# is not D1's, and would be stored and shown as if it were.
+D1_MAX_DURATION_MS = 86_400_000.0
+
+
 def _d1_duration(results: list) -> float:
-    """The time D1 says the statements of results took, in ms."""
+    """The time D1 says the statements of results took, in ms.  A duration
+    that is not a number from 0 to D1_MAX_DURATION_MS (Infinity and NaN
+    included, which JSON output cannot hold) counts as absent."""
     total = 0.0
     for result in results:
         meta = result.get("meta") if isinstance(result, dict) else None
-        try:
-            total += float((meta or {}).get("duration") or 0)
-        except (TypeError, ValueError):
-            pass
+        duration = meta.get("duration") if isinstance(meta, dict) else None
+        if (isinstance(duration, (int, float)) and not isinstance(duration, bool)
+                and 0 <= duration <= D1_MAX_DURATION_MS):
+            total += float(duration)
     return total
 
 

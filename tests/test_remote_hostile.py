@@ -3,9 +3,15 @@ against tests/fake_d1.py (no Node, no network), one section each (numbered as
 the review that found them); the tests of a section failed before its fix, but
 for a few that guard what must not change:
 
+  2. An error answer whose body is cut short or stalls is a lost answer: the
+     record decides, never a traceback.
   4. Account id, database id and token that cannot go into a URL or a header:
      one line, exit 2, nothing sent, the token never shown.
+  5. Rows whose length is not their columns' count: one line, not a traceback.
   6. --http-timeout beyond its range: one line, exit 2.
+  7. Any 2xx with D1's body is an answer (a 201 is not a lost answer).
+  8. A duration from D1 that is not a number of 0 ms or more is not stored
+     or shown; the JSON output stays JSON.
 """
 from __future__ import annotations
 
@@ -103,6 +109,51 @@ def strict_json(text: str) -> dict:
 
 
 # --------------------------------------------------------------------------
+# 2. An error answer cut short, or stalled, is a lost answer
+
+
+CUT_ANSWERS = [
+    pytest.param(502, True, 0.0, ["0001", "0002", "0003"], id="502-cut-after-commit"),
+    pytest.param(400, False, 0.0, ["0001", "0002", "0003"], id="400-cut-not-run"),
+    pytest.param(503, True, 2.5, ["0001", "0002", "0003"], id="503-stalled-after-commit"),
+]
+
+
+@pytest.mark.parametrize("status, execute, delay, applied", CUT_ANSWERS)
+@pytest.mark.parametrize("extra", [[], ["--commit-each"]], ids=["group", "commit-each"])
+def test_error_answer_cut_short_to_a_migration_batch_is_a_lost_answer(
+        write_migration, fake, remote_cli, status, execute, delay, applied, extra):
+    three(write_migration)
+    fake.push(cut(status, execute, delay, match=is_migration_batch))
+    code, out, err = remote_cli("apply", "--json", "--http-timeout", "1", *extra)
+    assert "Traceback" not in err, err
+    assert code == 0, err
+    assert tracked(fake) == applied
+    assert fake.rows("SELECT name FROM items") == [("two",), ("three",)]  # each once
+    assert [o["result"] for o in strict_json(out)["outcomes"]] == ["applied"] * 3
+
+
+@pytest.mark.parametrize("kind", ["raw", "bookmark"])
+def test_error_answer_cut_short_to_a_read_is_retried(write_migration, fake, remote_cli, kind):
+    three(write_migration)
+    fake.push(cut(503, delay=2.5 if kind == "bookmark" else 0.0, match=kind))
+    code, out, err = remote_cli("apply", "--http-timeout", "1")
+    assert "Traceback" not in err, err
+    assert code == 0, err
+    assert tracked(fake) == ["0001", "0002", "0003"]
+
+
+def test_every_answer_to_a_batch_cut_short_is_one_line(write_migration, fake, remote_cli):
+    three(write_migration)
+    # the first batch, and each time it is sent again
+    fake.script.extend([cut(400, match=is_migration_batch)] * 3)
+    code, out, err = remote_cli("apply", "--commit-each", "--http-retries", "2")
+    assert code == 1, err
+    assert_one_line_error(err, "0001_items", "cut short")
+    assert tracked(fake) == [] and not fake.has_table("items")
+
+
+# --------------------------------------------------------------------------
 # 4. Ids and token that cannot go into a URL or a header
 
 
@@ -140,6 +191,35 @@ def test_unusable_remote_variable_is_one_line_exit_2_before_any_request(
 
 
 # --------------------------------------------------------------------------
+# 5. Rows of another length than their columns
+
+
+ODD_ROWS = [
+    pytest.param([], [[1, 2, 3]], id="no-columns-three-values"),
+    pytest.param([], [[]], id="no-columns-empty-row"),
+    pytest.param(["a", "b"], [[1]], id="two-columns-one-value"),
+    pytest.param(["a"], [[1, 2]], id="one-column-two-values"),
+]
+
+
+@pytest.mark.parametrize("command", ["status", "apply", "rollback", "history"])
+@pytest.mark.parametrize("columns, rows", ODD_ROWS)
+def test_rows_of_another_length_than_their_columns_are_one_line(
+        write_migration, fake, remote_cli, command, columns, rows):
+    three(write_migration, down=True)
+    if command in ("rollback", "history"):
+        code, out, err = remote_cli("apply")
+        assert code == 0, err
+    body = {"success": True, "errors": [], "messages": [],
+            "result": [{"results": {"columns": columns, "rows": rows}, "success": True,
+                        "meta": {"duration": 0.1}}]}
+    fake.push(respond(200, body, match="raw"))
+    code, out, err = remote_cli(command)
+    assert code == 1, (code, err)
+    assert_one_line_error(err, "not D1's")
+
+
+# --------------------------------------------------------------------------
 # 6. --http-timeout in range
 
 
@@ -157,3 +237,69 @@ def test_http_timeout_at_the_bound_is_accepted(write_migration, fake, remote_cli
     write_migration("0001_items.sql", M1)
     code, out, err = remote_cli("status", "--http-timeout", "3600")
     assert code == 0, err
+
+
+# --------------------------------------------------------------------------
+# 7. Any 2xx with D1's body is an answer
+
+
+@pytest.mark.parametrize("status", [201, 202])
+@pytest.mark.parametrize("extra", [[], ["--commit-each"]], ids=["group", "commit-each"])
+def test_2xx_with_d1s_body_is_an_answer(write_migration, fake, remote_cli, status, extra):
+    three(write_migration)
+
+    def executed(record):
+        code, payload = fake.execute("query", record["body"])
+        return respond(status if code == 200 else code, payload)
+
+    fake.push(executed_every(fake, is_migration_batch, executed))
+    code, out, err = remote_cli("apply", "--json", *extra)
+    assert code == 0, err
+    payload = strict_json(out)
+    assert [o["result"] for o in payload["outcomes"]] == ["applied"] * 3
+    # each sent once: no resend of a batch whose answer was there
+    assert len([r for r in fake.requests if is_migration_batch(r)]) == (3 if extra else 1)
+    assert tracked(fake) == ["0001", "0002", "0003"]
+
+
+def executed_every(fake: FakeD1, predicate, then):
+    def entry(record):
+        fake.script.appendleft(entry)
+        return then(record) if predicate(record) else None
+    return entry
+
+
+# --------------------------------------------------------------------------
+# 8. Durations from D1 that are not a number of 0 ms or more
+
+
+@pytest.mark.parametrize("duration", [float("inf"), float("nan"), -5, -1e6, "12ms", True,
+                                      1e300, None])
+@pytest.mark.parametrize("extra", [[], ["--commit-each"]], ids=["group", "commit-each"])
+def test_a_duration_that_is_not_a_number_of_ms_is_not_kept(write_migration, fake, remote_cli,
+                                                           duration, extra):
+    three(write_migration)
+
+    def odd_duration(record):
+        code, payload = fake.execute("query", record["body"])
+        if code == 200:
+            for result in payload["result"]:
+                result["meta"]["duration"] = duration
+        return respond(code, payload)
+
+    fake.push(executed_every(fake, is_migration_batch, odd_duration))
+    code, out, err = remote_cli("apply", "--json", *extra)
+    assert code == 0, err
+    for outcome in strict_json(out)["outcomes"]:
+        assert outcome["result"] == "applied"
+        assert 0 <= outcome["duration_ms"] < 86_400_000, outcome
+    kept = fake.rows("SELECT duration_ms FROM schema_migrations")
+    assert all(ms is None or 0 <= ms < 86_400_000 for (ms,) in kept), kept
+    code, out, err = remote_cli("status", "--json")
+    assert code == 0, err
+    for migration in strict_json(out)["migrations"]:
+        ms = migration["duration_ms"]
+        assert ms is None or 0 <= ms < 86_400_000, migration
+    code, out, err = remote_cli("history", "--json")
+    assert code == 0, err
+    strict_json(out)
