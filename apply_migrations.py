@@ -471,7 +471,16 @@ class D1Error(MigrationError):
 
 class D1Unsure(D1Error):
     """The request may or may not have reached D1 (a timeout, a dropped
-    connection, a 5xx): only the tracking table can tell whether it ran."""
+    connection, a 5xx): only the tracking table can tell whether it ran.
+    `steps`: how many migrations it carried, when that is known (the engine
+    reports each as unknown)."""
+
+    steps = 1
+
+
+class _NotSent(D1Error):
+    """A stop was requested while the client waited to send a request again:
+    it was not sent again (and no earlier attempt of a write can have run)."""
 
 
 class SQLSplitError(ValueError):
@@ -3343,11 +3352,15 @@ class D1Client:
             except _Transient as transient:
                 if transient.maybe_ran and not idempotent:
                     raise D1Unsure(self.redact(transient.reason)) from None
-                if attempt == self.retries or self.stopping():
-                    raise D1Error(self.redact(
-                        f"{transient.reason}; gave up after {attempt + 1}"
-                        f" attempt{'s' if attempt else ''}")) from None
+                gave_up = self.redact(f"{transient.reason}; gave up after {attempt + 1}"
+                                      f" attempt{'s' if attempt else ''}")
+                if self.stopping():
+                    raise _NotSent(gave_up) from None
+                if attempt == self.retries:
+                    raise D1Error(gave_up) from None
                 self.pause(min(transient.delay if transient.delay is not None else delay, 60.0))
+                if self.stopping():  # the wait ended early: send nothing more
+                    raise _NotSent(gave_up) from None
                 delay *= 2
         if 200 <= status < 300:
             return payload["result"]  # type: ignore[index]
@@ -3452,6 +3465,38 @@ def _reads_schema(step: Step) -> bool:
     return False
 
 
+@contextmanager
+def _unsent(target: "D1Target", state: Optional[str], steps: int = 1) -> Iterator[None]:
+    """A request the client did not send (again) because of a stop is the
+    stop, with what became of the step(s) it carried."""
+    try:
+        yield
+    except _NotSent:
+        raise _Stop(target._stop_signal or signal.SIGINT, state, steps) from None
+
+
+def _settled(step: Step, unsure: D1Unsure, steps: List[Step], what: str = "") -> bool:
+    """After a lost answer: whether the record holds step.  When the record
+    cannot be read either, whether D1 ran the request is unknown, not failed:
+    the step(s) are reported so, and nothing more is sent."""
+    try:
+        return step.settled()
+    except _Stop as stop:
+        raise _Stop(stop.signum, "unknown", len(steps)) from None
+    except (D1Error, ConfigurationError) as exc:
+        rollback = step.action != "apply"
+        what = what or (f"the rollback of {step.name}" if rollback else
+                        steps[0].name if len(steps) == 1 else
+                        f"{steps[0].name} to {steps[-1].name} (one batch)")
+        lost = D1Unsure(
+            f"The answer to {what} was lost ({unsure}), and reading {TRACKING_TABLE}"
+            f" after it failed too ({exc}): D1 {'ran' if rollback else 'applied'} it"
+            " wholly or not at all, and `status` shows "
+            + ("whether it is still applied" if rollback else "which"))
+        lost.steps = len(steps)
+        raise lost from None
+
+
 class D1Target(Target):
     """A remote D1 database over the HTTP API.  Each step travels as one
     batch (its statements, split by this tool, then its bookkeeping), which
@@ -3474,17 +3519,20 @@ class D1Target(Target):
 
     def query(self, sql: str, params: tuple = ()) -> List[tuple]:
         self._check_stop(None)
-        return self.client.rows(sql, params)
+        with _unsent(self, None):
+            return self.client.rows(sql, params)
 
     def ensure(self, entries: List[Entry]) -> None:
         # Only idempotent statements come here (CREATE ... IF NOT EXISTS,
         # INSERT OR IGNORE), so they may be retried.
         self._check_stop(None)
-        self.client.batch(entries, idempotent=True)
+        with _unsent(self, None):
+            self.client.batch(entries, idempotent=True)
 
     def write(self, entries: List[Entry]) -> None:
         self._check_stop(None)  # after a stop, nothing more is sent
-        self.client.batch(entries)
+        with _unsent(self, None):
+            self.client.batch(entries)
 
     def run(self, steps: List[Step], first: Sequence[Entry] = (),
             last: Optional[Callable[[], List[Entry]]] = None) -> Ran:
@@ -3512,12 +3560,14 @@ class D1Target(Target):
         owns = [self._entries(step) + step.record(None) for step in group]
         self._check_stop("not sent")
         try:
-            results = self.client.batch(list(first) + [entry for own in owns for entry in own])
-        except D1Unsure:
+            with _unsent(self, "not sent", len(group)):
+                results = self.client.batch(list(first)
+                                            + [entry for own in owns for entry in own])
+        except D1Unsure as unsure:
             # It may have run: all of it or none, and the record says which.
             if self._stop_signal is not None:
                 raise _Stop(self._stop_signal, "unknown", len(group))
-            if group[-1].settled():
+            if _settled(group[-1], unsure, group):
                 return Ran([(step, 0.0) for step in group], [], None, None)
             return self._one_by_one(group, first)
         except D1Error:
@@ -3573,12 +3623,13 @@ class D1Target(Target):
         for attempt in range(self.client.retries + 1):
             self._check_stop("not sent")
             try:
-                result = self.client.batch(entries)
+                with _unsent(self, "not sent"):
+                    result = self.client.batch(entries)
             except D1Unsure as unsure:
                 # It may have run: D1 committed all of it or none, and the
                 # record says which.
                 self._check_stop("unknown")
-                if step.settled():
+                if _settled(step, unsure, [step]):
                     return 0.0
                 if attempt == self.client.retries:
                     raise MigrationFailed(step.name, step.path, f"{unsure}; it was not applied",
@@ -3614,16 +3665,17 @@ class D1Target(Target):
             entries += owns[-1][0]
         self._check_stop("not sent")
         try:
-            if commit:
-                results = self.client.batch(entries)
-            else:
-                error = self._rolled_back_on_purpose(entries)
-                if error is not None:
-                    raise error
-                results = []
+            with _unsent(self, "not sent"):
+                if commit:
+                    results = self.client.batch(entries)
+                else:
+                    error = self._rolled_back_on_purpose(entries)
+                    if error is not None:
+                        raise error
+                    results = []
         except D1Unsure as unsure:
             self._check_stop("unknown")
-            if commit and steps[0].settled():
+            if commit and _settled(steps[0], unsure, steps, "the run"):
                 results = []  # D1 committed the batch; its answer was lost
             else:
                 raise D1Error(f"{unsure}; D1 did not apply the run: nothing was applied,"
@@ -3641,7 +3693,8 @@ class D1Target(Target):
         of D1 alone, as backup() is of a local file)."""
         self._check_stop(None)
         try:
-            return self.client.bookmark()
+            with _unsent(self, None):
+                return self.client.bookmark()
         except MigrationError as exc:
             raise D1Error(
                 f"D1 did not give a Time Travel bookmark ({exc}); no bookmark was taken and"
@@ -3691,7 +3744,8 @@ class D1Target(Target):
         """Run entries plus the sentinel: None if all of them succeed (and
         the sentinel rolls them back), else the error of the first that fails."""
         try:
-            self.client.batch(entries + [(SQL_SENTINEL, [])], idempotent=True)
+            with _unsent(self, None):
+                self.client.batch(entries + [(SQL_SENTINEL, [])], idempotent=True)
         except D1Error as exc:
             return None if D1_SENTINEL_TABLE in str(exc) else exc
         raise MigrationError("D1 committed a batch that was meant to fail; stopping")
@@ -3705,17 +3759,20 @@ class D1Target(Target):
         entries = self._entries(step)
         if self._stop_signal is not None:  # no more requests: say what is known
             return MigrationFailed(step.name, step.path, str(error), action=step.action)
-        if self._rolled_back_on_purpose(before + entries) is None:
-            return MigrationFailed(step.name, step.path,
-                                   f"{error} (recording it in {TRACKING_TABLE} failed)",
-                                   action=step.action)
-        good, bad = 0, len(entries)
-        while bad - good > 1:
-            middle = (good + bad) // 2
-            if self._rolled_back_on_purpose(before + entries[:middle]) is None:
-                good = middle
-            else:
-                bad = middle
+        try:
+            if self._rolled_back_on_purpose(before + entries) is None:
+                return MigrationFailed(step.name, step.path,
+                                       f"{error} (recording it in {TRACKING_TABLE} failed)",
+                                       action=step.action)
+            good, bad = 0, len(entries)
+            while bad - good > 1:
+                middle = (good + bad) // 2
+                if self._rolled_back_on_purpose(before + entries[:middle]) is None:
+                    good = middle
+                else:
+                    bad = middle
+        except _Stop:  # the search was cut short: what is known
+            return MigrationFailed(step.name, step.path, str(error), action=step.action)
         number, statement = step.statements[bad - 1]
         return MigrationFailed(step.name, step.path, str(error), number,
                                statement.line, statement.sql, action=step.action)
@@ -5527,7 +5584,10 @@ class _Run:
                 exc = exc.with_note(
                     f"rolled back the whole run ({_opt('single_transaction')}):"
                     " nothing was applied" if commit else "dry run: nothing was changed")
-            if current is not None:
+            if isinstance(exc, D1Unsure):  # remote: the whole run, or none of it
+                for index, step in enumerate(steps[len(ran):], len(ran) + 1):
+                    self.report(step, index, UNKNOWN, None, exc)
+            elif current is not None:
                 self.report(current, len(ran) + 1, FAILED, None, exc)
             raise exc from None
         report.synced = synced if commit else []
@@ -5632,6 +5692,10 @@ class _Run:
                 for number, step in enumerate(steps[index:index + error.steps], index + 1):
                     self.report(step, number, _STOP_RESULTS[error.state], None,
                                 started=ran.began)
+        elif step is not None and isinstance(error, D1Unsure):
+            # remote: neither the answer nor the record says whether D1 ran it
+            for number, step in enumerate(steps[index:index + error.steps], index + 1):
+                self.report(step, number, UNKNOWN, None, error, started=ran.began)
         elif step is not None and isinstance(error, MigrationError):
             self.report(step, index + 1, FAILED, None, error, started=ran.began)
         raise error
@@ -6069,7 +6133,7 @@ def show_apply(console: Console, report: RunReport) -> None:
              f"Migrations on {report.database}: {_plural(len(done), 'migration')} {verb}")
     console.step_summary(title, ["Version", "Name", "Result", "Duration"], rows)
     if report.error is not None:
-        if report.bookmark and report.having(APPLIED):
+        if report.bookmark and report.having(APPLIED, UNKNOWN):
             console.say(f"Before this run D1 was at Time Travel bookmark {report.bookmark};"
                         f" to go back to it: {report.restore_hint}")
         return

@@ -3,8 +3,14 @@ against tests/fake_d1.py (no Node, no network), one section each (numbered as
 the review that found them); the tests of a section failed before its fix, but
 for a few that guard what must not change:
 
+  1. A stop (SIGINT/SIGTERM) while the client waits to send again (a 429's
+     Retry-After) sends nothing more: apply says the migration was not sent,
+     rollback that it is still applied (the tool as a real process).
   2. An error answer whose body is cut short or stalls is a lost answer: the
      record decides, never a traceback.
+  3. A lost answer whose re-read of the record fails too leaves the outcome
+     unknown (reported so, with the Time Travel hint), never "failed"; a stop
+     during that re-read's wait too.
   4. Account id, database id and token that cannot go into a URL or a header:
      one line, exit 2, nothing sent, the token never shown.
   5. Rows whose length is not their columns' count: one line, not a traceback.
@@ -109,6 +115,67 @@ def strict_json(text: str) -> dict:
 
 
 # --------------------------------------------------------------------------
+# 1. A stop while waiting to send again sends nothing more
+
+
+def signal_during_retry_wait(fake, project, argv, predicate, signum):
+    """Run the tool; the first request matching `predicate` gets a 429 with
+    Retry-After 30; signal once the tool has it.  (time of the signal,
+    (code, out, err))."""
+    answered = threading.Event()
+
+    def then(record):
+        answered.set()
+        return respond(429, None, headers={"Retry-After": "30"})
+
+    when(fake, predicate, then)
+    proc = start_tool(fake, project, argv)
+    try:
+        assert answered.wait(20), "the request never came"
+        time.sleep(0.5)  # the answer reaches the tool, which starts its wait
+        stopped_at = time.monotonic()
+        proc.send_signal(signum)
+    except BaseException:
+        proc.kill()
+        raise
+    return stopped_at, finish(proc)
+
+
+@needs_posix
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("extra", [[], ["--commit-each"]], ids=["group", "commit-each"])
+def test_stop_while_waiting_to_resend_a_migration_batch_sends_nothing_more(
+        project, write_migration, fake, signum, extra):
+    three(write_migration)
+    stopped_at, (code, out, err) = signal_during_retry_wait(
+        fake, project, ["apply", "--d1-remote", *extra], is_migration_batch, signum)
+    assert code == 128 + signum, (code, err)
+    line = interrupted_line(err)
+    assert "Interrupted before 0001_items" in line and "was sent to D1" in line, line
+    assert "0 migrations applied in this run" in line, line
+    assert [r for r in fake.requests if r["time"] > stopped_at] == []
+    assert [r["status"] for r in fake.requests if is_migration_batch(r)] == [429]
+    assert tracked(fake) == [] and not fake.has_table("items")
+
+
+@needs_posix
+def test_stop_while_waiting_to_resend_a_rollback_sends_nothing_more(
+        project, write_migration, fake, run_subprocess):
+    three(write_migration, down=True)
+    code, out, err = run_subprocess(["apply", "--d1-remote"], env=remote_env(fake))
+    assert code == 0, err
+    stopped_at, (code, out, err) = signal_during_retry_wait(
+        fake, project, ["rollback", "--d1-remote"], is_rollback_batch, signal.SIGINT)
+    assert code == 130, (code, out, err)
+    line = interrupted_line(err)
+    assert "before the rollback of 0003_three was sent" in line, line
+    assert "still applied" in line, line
+    assert [r for r in fake.requests if r["time"] > stopped_at] == []
+    assert tracked(fake) == ["0001", "0002", "0003"]
+    assert fake.rows("SELECT count(*) FROM items WHERE name = 'three'") == [(1,)]
+
+
+# --------------------------------------------------------------------------
 # 2. An error answer cut short, or stalled, is a lost answer
 
 
@@ -151,6 +218,108 @@ def test_every_answer_to_a_batch_cut_short_is_one_line(write_migration, fake, re
     assert code == 1, err
     assert_one_line_error(err, "0001_items", "cut short")
     assert tracked(fake) == [] and not fake.has_table("items")
+
+
+# --------------------------------------------------------------------------
+# 3. A lost answer whose re-read fails too: unknown, never failed
+
+
+def lose_answer_then_fail_reads(fake: FakeD1, predicate, reads: int = 20,
+                                execute: bool = True, retry_after: Optional[str] = None,
+                                read_failed: Optional[threading.Event] = None) -> None:
+    """The first request matching `predicate` runs (if execute) and its answer
+    is lost; the next `reads` reads of the record get a 503."""
+    state = {"lost": False, "reads": 0}
+
+    def entry(record):
+        fake.script.appendleft(entry)
+        if not state["lost"] and predicate(record):
+            state["lost"] = True
+            return drop(execute=execute)
+        if state["lost"] and record["kind"] == "raw" and state["reads"] < reads:
+            state["reads"] += 1
+            if read_failed is not None:
+                read_failed.set()
+            headers = {"Retry-After": retry_after} if retry_after else None
+            return respond(503, "<html>503</html>", headers=headers)
+        return None
+
+    fake.push(entry)
+
+
+@pytest.mark.parametrize("execute", [True, False], ids=["committed", "not-run"])
+@pytest.mark.parametrize("extra", [[], ["--commit-each"]], ids=["group", "commit-each"])
+def test_lost_answer_and_failed_reread_is_unknown_not_failed(
+        write_migration, fake, remote_cli, execute, extra):
+    three(write_migration)
+    lose_answer_then_fail_reads(fake, is_migration_batch, execute=execute)
+    code, out, err = remote_cli("apply", "--json", "--http-retries", "1", *extra)
+    assert code == 1, err
+    line = assert_one_line_error(err, "wholly or not at all", "`status` shows which")
+    assert "0001_items" in line, line
+    payload = strict_json(out)
+    results = [o["result"] for o in payload["outcomes"]]
+    assert "failed" not in results and results[0] == "unknown", results
+    if not extra:  # the group: all three went in the one batch
+        assert results == ["unknown"] * 3, results
+        assert "0001_items to 0003_three (one batch)" in line, line
+    assert payload["bookmark"] and payload["restore"]
+    assert [row for row in history_rows(fake) if row[1] == "failed"] == []
+    assert tracked(fake) == (["0001", "0002", "0003"] if execute and not extra else
+                             ["0001"] if execute else [])
+
+
+def test_lost_answer_and_failed_reread_shows_the_time_travel_hint(write_migration, fake,
+                                                                  remote_cli):
+    three(write_migration)
+    lose_answer_then_fail_reads(fake, is_migration_batch)
+    code, out, err = remote_cli("apply", "--http-retries", "1")
+    assert code == 1, err
+    assert_one_line_error(err, "wholly or not at all")
+    assert "to go back to it: wrangler d1 time-travel restore" in out, out
+
+
+def test_lost_rollback_answer_and_failed_reread_is_unknown_not_failed(
+        write_migration, fake, remote_cli):
+    three(write_migration, down=True)
+    code, out, err = remote_cli("apply")
+    assert code == 0, err
+    lose_answer_then_fail_reads(fake, is_rollback_batch)
+    code, out, err = remote_cli("rollback", "--http-retries", "1")
+    assert code == 1, err
+    assert_one_line_error(err, "rollback of 0003_three", "wholly or not at all",
+                          "whether it is still applied")
+    assert [row for row in history_rows(fake) if row[1] == "failed"] == []
+    assert tracked(fake) == ["0001", "0002"]  # it did run
+
+
+@needs_posix
+@pytest.mark.parametrize("command", ["apply", "rollback"])
+def test_stop_while_waiting_to_reread_after_a_lost_answer_is_unknown(
+        project, write_migration, fake, run_subprocess, command):
+    three(write_migration, down=True)
+    if command == "rollback":
+        code, out, err = run_subprocess(["apply", "--d1-remote"], env=remote_env(fake))
+        assert code == 0, err
+    read_failed = threading.Event()
+    lose_answer_then_fail_reads(fake, is_rollback_batch if command == "rollback"
+                                else is_migration_batch, retry_after="30",
+                                read_failed=read_failed)
+    proc = start_tool(fake, project, [command, "--d1-remote"])
+    try:
+        assert read_failed.wait(20), "the record was never read"
+        time.sleep(0.5)
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+    except BaseException:
+        proc.kill()
+        raise
+    code, out, err = finish(proc)
+    assert code == 130, (code, out, err)
+    line = interrupted_line(err)
+    assert "on its way to D1" in line and "wholly or not at all" in line, line
+    assert [r for r in fake.requests if r["time"] > stopped_at] == []
+    assert [row for row in history_rows(fake) if row[1] == "failed"] == []
 
 
 # --------------------------------------------------------------------------
