@@ -3370,7 +3370,8 @@ class D1Client:
             message = "; ".join(f"{e.get('message')} [code {e.get('code')}]" for e in errors)
         else:
             message, code = f"HTTP {status} with no D1 answer in the body", None
-        if status in (401, 403) or code == 10000:
+        # A page that is not D1's (a firewall's, a proxy's) says nothing of the token.
+        if (status in (401, 403) and code is not None) or code == 10000:
             raise ConfigurationError(self.redact(
                 f"D1 refused the credentials ({message}): check {D1_TOKEN_VARIABLE}"
                 f" (a token with D1 edit permission) and {D1_ACCOUNT_VARIABLE}"))
@@ -3422,6 +3423,12 @@ def _is_envelope(payload: object, results: Optional[int]) -> bool:
         return isinstance(result, dict)
     return (isinstance(result, list) and len(result) == results
             and all(isinstance(r, dict) and r.get("success") is not False for r in result))
+
+
+def _sql_error(error: D1Error) -> bool:
+    """Whether D1 refused a batch for its SQL: an error in D1's own answer
+    (with its code), not a status that names no statement."""
+    return error.code is not None and error.status not in (None, 413, 429)
 
 
 def _retry_after(headers) -> Optional[float]:
@@ -3757,7 +3764,9 @@ class D1Target(Target):
         the entries that ran ahead of this step in the same batch)."""
         before = list(before)
         entries = self._entries(step)
-        if self._stop_signal is not None:  # no more requests: say what is known
+        # No more requests after a stop; and an error that is not SQLite's
+        # (a proxy's page, a 413, a 429 to the last retry) is no statement's.
+        if self._stop_signal is not None or not _sql_error(error):
             return MigrationFailed(step.name, step.path, str(error), action=step.action)
         try:
             if self._rolled_back_on_purpose(before + entries) is None:

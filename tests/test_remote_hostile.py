@@ -18,6 +18,8 @@ for a few that guard what must not change:
   7. Any 2xx with D1's body is an answer (a 201 is not a lost answer).
   8. A duration from D1 that is not a number of 0 ms or more is not stored
      or shown; the JSON output stays JSON.
+  9. An error that is not SQLite's names no statement, and a page that is not
+     D1's does not blame the credentials.
 """
 from __future__ import annotations
 
@@ -472,3 +474,64 @@ def test_a_duration_that_is_not_a_number_of_ms_is_not_kept(write_migration, fake
     code, out, err = remote_cli("history", "--json")
     assert code == 0, err
     strict_json(out)
+
+
+# --------------------------------------------------------------------------
+# 9. Errors that are not SQLite's
+
+
+HTML_400 = respond(400, "<html>Bad Request</html>", headers={"Content-Type": "text/html"})
+
+
+@pytest.mark.parametrize("extra", [[], ["--commit-each"]], ids=["group", "commit-each"])
+def test_a_page_that_is_not_d1s_names_no_statement(write_migration, fake, remote_cli, extra):
+    three(write_migration)
+    fake.push(executed_every(fake, is_migration_batch, lambda record: HTML_400))
+    code, out, err = remote_cli("apply", *extra)
+    assert code == 1, err
+    line = assert_one_line_error(err, "0001_items", "HTTP 400")
+    assert "statement" not in line and "recording it" not in line, line
+    assert not [r for r in fake.requests if is_probe(r)]  # no search for a statement
+    assert tracked(fake) == []
+
+
+def test_429_until_retries_run_out_names_no_statement(write_migration, fake, remote_cli):
+    three(write_migration)
+    fake.push(executed_every(fake, is_migration_batch, lambda record: respond(
+        429, None, headers={"Retry-After": "0"})))
+    code, out, err = remote_cli("apply", "--commit-each", "--http-retries", "1")
+    assert code == 1, err
+    line = assert_one_line_error(err, "0001_items", "429")
+    assert "statement" not in line and "recording it" not in line, line
+    assert not [r for r in fake.requests if is_probe(r)]
+
+
+def test_413_names_no_statement(write_migration, fake, remote_cli):
+    three(write_migration)
+    fake.push(executed_every(fake, is_migration_batch, lambda record: respond(
+        413, "<html>413 Request Entity Too Large</html>")))
+    code, out, err = remote_cli("apply", "--commit-each")
+    assert code == 1, err
+    line = assert_one_line_error(err, "0001_items", "413")
+    assert "statement" not in line and "recording it" not in line, line
+
+
+def test_a_403_page_that_is_not_d1s_does_not_blame_the_credentials(write_migration, fake,
+                                                                   remote_cli):
+    three(write_migration)
+    fake.push(executed_every(fake, is_migration_batch, lambda record: respond(
+        403, "<html>Attention Required! | Cloudflare</html>",
+        headers={"Content-Type": "text/html"})))
+    code, out, err = remote_cli("apply", "--commit-each")
+    assert code == 1, err
+    line = assert_one_line_error(err, "0001_items", "HTTP 403")
+    assert "credentials" not in line and "CLOUDFLARE_API_TOKEN" not in line, line
+
+
+def test_a_403_from_d1_still_blames_the_credentials(write_migration, fake, remote_cli,
+                                                    monkeypatch):
+    three(write_migration)
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "wrong-token")
+    code, out, err = remote_cli("status")
+    assert code == 2, err
+    assert_one_line_error(err, "credentials", "CLOUDFLARE_API_TOKEN")
