@@ -191,8 +191,9 @@ TRANSACTION_KEYWORDS = frozenset(
 # run, and the tool's transactions rely on them (journal_mode=OFF leaves a
 # failing migration half done; WAL cannot be entered inside a transaction,
 # so it would work or fail by where the group commit fell; an EXCLUSIVE
-# locking_mode keeps every other process out until the run ends).
-RUN_PRAGMAS = frozenset(("journal_mode", "locking_mode"))
+# locking_mode keeps every other process out until the run ends; query_only
+# makes the tool's own record fail to be written).
+RUN_PRAGMAS = frozenset(("journal_mode", "locking_mode", "query_only"))
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -2561,6 +2562,12 @@ class _SQLiteConnection:
         if os.path.isdir(path):
             raise DatabaseConnectError(f"{path} is a directory, not a database file")
         exists = os.path.exists(path)
+        if not exists and os.path.islink(path):
+            # SQLite would create the file the link names (a volume not
+            # mounted, a moved target): a new, empty database, migrated.
+            raise DatabaseConnectError(
+                f"{path} is a symbolic link to {os.readlink(path)}, which does not exist;"
+                " fix the link or pass the database's own path")
         if exists and not os.path.isfile(path):
             # Opening a FIFO would wait for a writer for ever.
             raise DatabaseConnectError(
@@ -2861,7 +2868,8 @@ class _SQLiteSteps:
                 self.db.admin(sql, params)
         except sqlite3.Error as exc:  # a trigger, a constraint: the step fails with it
             raise MigrationFailed(step.name, step.path,
-                                  f"{exc} (recording it in {TRACKING_TABLE} failed)",
+                                  f"{exc} (recording it in {TRACKING_TABLE} or its"
+                                  " history failed)",
                                   action=step.action) from exc
         return duration_ms
 

@@ -891,3 +891,37 @@ def test_fifo_as_database_path_is_an_error_not_a_hang(project, write_migration, 
     assert code == 2, (out, err)
     assert "db.fifo" in one_error(err)
     assert listing(project) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="needs symlinks")
+@pytest.mark.parametrize("command", ["apply", "status", "init"])
+def test_database_path_that_is_a_dangling_link_is_refused(project, run_cli, write_migration,
+                                                          command):
+    """SQLite would create the file the link names (a volume not mounted, a
+    target moved away): a new, empty database, migrated, with the real one
+    elsewhere."""
+    write_migration("0001_a.sql", "CREATE TABLE a (x);\n")
+    elsewhere = project / "gone"
+    elsewhere.mkdir()
+    os.symlink(str(elsewhere / "real.db"), str(project / "link.db"))
+    code, out, err = run_cli([command, "--db-path", "link.db"])
+    assert code == 2
+    assert err.splitlines() == [
+        f"Error: Failed to connect to database: link.db is a symbolic link to"
+        f" {elsewhere / 'real.db'}, which does not exist; fix the link or pass the"
+        " database's own path"]
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("pragma", ["PRAGMA query_only = ON;", "PRAGMA locking_mode=EXCLUSIVE;",
+                                    "PRAGMA main.journal_mode = OFF;"])
+def test_a_pragma_that_would_last_for_the_run_is_refused(project, run_cli, write_migration,
+                                                          pragma):
+    write_migration("0001_a.sql", "CREATE TABLE a (x);\n")
+    write_migration("0002_setting.sql", f"-- a setting\n{pragma}\n")
+    code, out, err = run_cli(["apply", "--db-path", "x.db"])
+    assert code == 1
+    assert "is not allowed inside a migration" in err and "line 2" in err, err
+    with closing(sqlite3.connect(str(project / "x.db"))) as conn:  # checked before any runs
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'a'").fetchall() == []
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
