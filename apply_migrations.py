@@ -3900,19 +3900,18 @@ def prepare_statements(migration: Migration, action: str = "apply",
     for number, statement in numbered:
         if (_pragma_name(statement) in RUN_PRAGMAS
                 and _SETS_PRAGMA.search(_without_comments(statement.sql))):
-            raise MigrationFailed(
-                migration.name, migration.path,
-                f"PRAGMA {_pragma_name(statement)} is not allowed inside a migration: it sets"
-                " how the database file is written or locked for the rest of the run, which the"
-                " tool's transactions rely on; set it on the database outside the migrations",
-                number, statement.line, statement.sql, action=action)
-        if statement.keyword in TRANSACTION_KEYWORDS:
-            raise MigrationFailed(
-                migration.name, migration.path,
-                f"{statement.keyword} is not allowed inside a migration: each file"
-                " already runs in its own transaction (a BEGIN ... COMMIT around the"
-                " whole file is accepted)",
-                number, statement.line, statement.sql, action=action)
+            why = (f"PRAGMA {_pragma_name(statement)} is not allowed inside a migration: it"
+                   " sets how the database file is written or locked for the rest of the run,"
+                   " which the tool's transactions rely on; set it on the database outside"
+                   " the migrations")
+        elif statement.keyword in TRANSACTION_KEYWORDS:
+            why = (f"{statement.keyword} is not allowed inside a migration: each file already"
+                   " runs in its own transaction (a BEGIN ... COMMIT around the whole file is"
+                   " accepted)")
+        else:
+            continue
+        raise MigrationFailed(migration.name, migration.path, why, number, statement.line,
+                              statement.sql, action=action)
     if d1_rules:
         rules = [rule for rule in D1_RULES if rule.blocks_remote or rule.severity == "warning"]
         for finding in check_statements(migration.path, [s for _, s in numbered], rules):
