@@ -95,6 +95,7 @@ from __future__ import annotations
 import argparse
 import errno
 import hashlib
+import io
 import os
 import re
 import signal
@@ -1170,16 +1171,16 @@ class _InFile(namedtuple("_InFile", "position size wrapped exact_wrapper")):
 
     position (int): from 0
     size (int): statements in the file
-    wrapped (Optional[int]): where the BEGIN of a BEGIN ... COMMIT/END that
-        wraps the file whole starts (after its leading PRAGMA foreign_keys);
-        None if it is not wrapped
+    wrapped (Optional[Tuple[int, int]]): where the BEGIN and the COMMIT/END
+        of a wrapper around the file are (only PRAGMA foreign_keys outside
+        them); None if it is not wrapped
     exact_wrapper (bool): ... in exactly wrangler's `BEGIN TRANSACTION;` / `COMMIT;`
     """
 
     __slots__ = ()
 
     def at_edge(self) -> bool:
-        return self.wrapped is not None and self.position in (self.wrapped, self.size - 1)
+        return self.wrapped is not None and self.position in self.wrapped
 
 
 def _is_foreign_keys_pragma(statement: Statement) -> bool:
@@ -1187,17 +1188,19 @@ def _is_foreign_keys_pragma(statement: Statement) -> bool:
             and _FOREIGN_KEYS_PRAGMA.match(_without_comments(statement.sql)) is not None)
 
 
-def _wrapped_from(statements: Sequence[Statement]) -> Optional[int]:
-    """Where a BEGIN ... COMMIT (or END) that wraps a file whole begins:
-    after the file's leading PRAGMA foreign_keys, which SQLite's recipe
-    for a table rebuild puts before the transaction, where they take
-    effect.  None when the file is not wrapped."""
-    lead = 0
+def _wrapper(statements: Sequence[Statement]) -> "Optional[tuple[int, int]]":
+    """Where the BEGIN and the COMMIT (or END) of a transaction that wraps a
+    file whole are: only PRAGMA foreign_keys may stand outside it, as in
+    SQLite's recipe for a table rebuild (off before, on again after).  None
+    when the file is not wrapped."""
+    lead, end = 0, len(statements) - 1
     while lead < len(statements) and _is_foreign_keys_pragma(statements[lead]):
         lead += 1
-    if (len(statements) - lead >= 2 and statements[lead].keyword == "BEGIN"
-            and statements[-1].keyword in ("COMMIT", "END")):
-        return lead
+    while end > lead and _is_foreign_keys_pragma(statements[end]):
+        end -= 1
+    if (end > lead and statements[lead].keyword == "BEGIN"
+            and statements[end].keyword in ("COMMIT", "END")):
+        return lead, end
     return None
 
 
@@ -1312,9 +1315,9 @@ def check_statements(path: str, statements: Sequence[Statement],
         rules = D1_RULES
     findings: List[Finding] = []
     count = len(statements)
-    wrapped = _wrapped_from(statements)
-    exact = wrapped is not None and (
-        statements[wrapped].sql, statements[-1].sql) == WRANGLER_WRAPPER
+    wrapped = _wrapper(statements)
+    exact = wrapped is not None and tuple(
+        statements[at].sql for at in wrapped) == WRANGLER_WRAPPER
     for index, statement in enumerate(statements):
         where = _InFile(index, count, wrapped, exact)
         words = (_without_comments(statement.sql)
@@ -2931,6 +2934,11 @@ def _done_word(step: Step) -> str:
     return "applied" if step.action == "apply" else "rolled back"
 
 
+def _locked(error: Optional[BaseException]) -> bool:
+    """A lock that did not come, or a step's failure because of one."""
+    return isinstance(error, _Locked) or isinstance(getattr(error, "__cause__", None), _Locked)
+
+
 def _lost_at_commit(done: list, rest: list, error: BaseException) -> Ran:
     """A transaction lost at its COMMIT (a stop, a lock that did not come):
     the steps it held are undone; with a lock, the last of them failed."""
@@ -3005,8 +3013,10 @@ class SQLiteTarget(Target):
         self._unnoted = False
         ran, error, began, lost = self._group(steps, GROUP_COMMIT_SECONDS, first, last)
         held = [step for step, _ in ran]
-        if lost and not held and first:
-            self._create(first)  # the record is kept even when the first step fails
+        if lost and not held and first and not _locked(error):
+            # The record is kept even when the first step fails; not after a
+            # lock timeout, which waiting again would only repeat.
+            self._create(first)
         if not lost or not held:
             return Ran([] if lost else ran, [], error, began)
         if isinstance(error, _Locked):  # at the COMMIT: waiting again would wait as long
@@ -3894,9 +3904,13 @@ def prepare_statements(migration: Migration, action: str = "apply",
     tool's own transaction."""
     statements = migration.statements(action)
     numbered = list(enumerate(statements, 1))
-    wrapped = _wrapped_from(statements)
+    wrapped = _wrapper(statements)
     if wrapped is not None:
-        numbered = numbered[:wrapped] + numbered[wrapped + 1:-1]
+        # What follows the COMMIT (PRAGMA foreign_keys) then runs inside the
+        # tool's transaction, where SQLite ignores it; the tool restores the
+        # connection's setting after the file itself.
+        begin, end = wrapped
+        numbered = numbered[:begin] + numbered[begin + 1:end] + numbered[end + 1:]
     for number, statement in numbered:
         if (_pragma_name(statement) in RUN_PRAGMAS
                 and _SETS_PRAGMA.search(_without_comments(statement.sql))):
@@ -5920,6 +5934,22 @@ def _is_tty(stream) -> bool:
         return False
 
 
+def _write_all(raw: "io.RawIOBase", text: str, encoding: str, errors: str) -> None:
+    """Unbuffered output (python -u, PYTHONUNBUFFERED) writes straight to the
+    file: a write that a signal interrupts, or a pipe that takes part, returns
+    short, and the text layer drops the rest without a word.  Here every
+    byte goes, or the error says why."""
+    if os.linesep != "\n":
+        text = text.replace("\n", os.linesep)
+    data = memoryview(text.encode(encoding, errors))
+    while data:
+        written = raw.write(data)
+        if written is None:  # a non-blocking file that is full: wait for room
+            time.sleep(0.01)
+            continue
+        data = data[written:]
+
+
 class Console:
     """Where the command line's words go: text or JSON on stdout, errors on
     stderr, colour only on a terminal without NO_COLOR, GitHub Actions
@@ -5952,9 +5982,13 @@ class Console:
         try:
             if stream is None:
                 raise OSError("it is closed")
-            stream.write(text)
-            if flush:
-                stream.flush()
+            raw = getattr(stream, "buffer", None)
+            if isinstance(raw, io.RawIOBase):
+                _write_all(raw, text, stream.encoding, stream.errors or "strict")
+            else:
+                stream.write(text)
+                if flush:
+                    stream.flush()
         except (OSError, ValueError) as exc:
             if not to_stderr:
                 self._lose(exc)

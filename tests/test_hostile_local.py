@@ -33,7 +33,7 @@ and test_deferred_violation_is_not_repaired_by_the_next_migration (the reference
 the grouped runs must match), test_reading_the_journal_mode_is_not_refused,
 test_begin_in_the_middle_is_still_refused.
 
-Found by these tests (open when written, pinned with strict xfail):
+Found by these tests (each fixed since, and the test passes):
 - with PYTHONUNBUFFERED=1 (common in containers and CI) a signal during the
   blocked write of the report still cuts it, silently, exit 0: unbuffered,
   sys.stdout's TextIOWrapper writes once to the pipe, and the write that the
@@ -291,9 +291,6 @@ def test_reading_the_journal_mode_is_not_refused(project, run_cli, write_migrati
     assert tracked_versions(project / DB) == ["0001"]
 
 
-@pytest.mark.xfail(strict=True, reason="PRAGMA query_only = ON in a migration is run: the"
-                   " tool's own record write then fails, reported as 'Cannot write to database"
-                   " ... check the permissions', not naming the migration")
 def test_query_only_in_a_migration_fails_that_migration_by_name(project, run_cli,
                                                                 write_migration):
     write_migration("0001_a.sql", "CREATE TABLE a (x);\n")
@@ -305,8 +302,8 @@ def test_query_only_in_a_migration_fails_that_migration_by_name(project, run_cli
     assert "permissions" not in line, line
     assert "0002_b" in line, line
     db = project / DB
-    assert tracked_versions(db) == ["0001"]
-    assert "b" not in tables(db) and "c" not in tables(db)
+    assert tracked_versions(db) == []  # refused as every pending file is checked, before any runs
+    assert "a" not in tables(db) and "b" not in tables(db) and "c" not in tables(db)
 
 
 # --------------------------------------------------------------------------
@@ -341,17 +338,11 @@ def test_trigger_rolling_back_the_note_of_the_schema_loses_nothing(project, run_
 # 5. A signal while the JSON report is written
 
 
-UNBUFFERED_CUTS_THE_REPORT = pytest.mark.xfail(strict=True, reason=(
-    "with PYTHONUNBUFFERED=1 sys.stdout writes straight to the pipe: a signal"
-    " that interrupts the blocked write makes it return short (65536 bytes), and"
-    " TextIOWrapper drops the rest; the report is cut and the exit code is 0"))
-
-
 @needs_posix
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("unbuffered", [
     pytest.param(False, id="buffered"),
-    pytest.param(True, id="PYTHONUNBUFFERED", marks=UNBUFFERED_CUTS_THE_REPORT),
+    pytest.param(True, id="PYTHONUNBUFFERED"),
 ])
 def test_signal_while_the_report_is_written_neither_cuts_it_nor_interrupts(project, signum,
                                                                            unbuffered):
@@ -422,9 +413,6 @@ def test_lock_at_commit_names_the_option(project, run_cli, write_migration, args
     assert tables(db) == ["keep_me"]
 
 
-@pytest.mark.xfail(strict=True, reason="on a database without the tool's record, a lock at"
-                   " the first COMMIT is waited for twice (the record's creation is retried"
-                   " alone), while the message says it waited --lock-timeout seconds")
 def test_lock_at_commit_waits_lock_timeout_once(project, run_cli, write_migration):
     db = project / DB
     create_db(db)
@@ -488,9 +476,6 @@ def test_begin_in_the_middle_is_still_refused(project, run_cli, write_migration,
     assert tracked_versions(project / DB) == []
 
 
-@pytest.mark.xfail(strict=True, reason="SQLite's rebuild recipe turns foreign keys back on"
-                   " after its COMMIT; a trailing PRAGMA foreign_keys makes the wrapper"
-                   " count as BEGIN/COMMIT in the middle, and the file is refused")
 def test_rebuild_recipe_with_trailing_foreign_keys_pragma_is_a_wrapper(project, run_cli,
                                                                        write_migration):
     write_migration("0001_c.sql", "PRAGMA foreign_keys = OFF;\nBEGIN TRANSACTION;\n"
