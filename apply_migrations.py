@@ -3264,6 +3264,21 @@ class _Transient(Exception):
         super().__init__(reason)
 
 
+def _read_by(response, deadline: float) -> bytes:
+    """An answer's body, whole by `deadline` or a TimeoutError: the socket's
+    timeout bounds each read, and a server that sends a byte now and then
+    would otherwise hold a request open without end."""
+    read = getattr(response, "read1", None) or response.read
+    parts = []
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the answer did not come whole in time")
+        chunk = read(65536)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
 class D1Client:
     """POSTs SQL to D1's /query and /raw endpoints with urllib.
 
@@ -3317,7 +3332,8 @@ class D1Client:
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status, raw = response.status, response.read()
+                status = response.status
+                raw = _read_by(response, time.monotonic() + self.timeout)
         except urllib.error.HTTPError as exc:
             status = exc.code
             try:

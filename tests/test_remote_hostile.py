@@ -61,8 +61,24 @@ class CuttingFakeD1(FakeD1):
 
     def _take(self, record: dict) -> Optional[Action]:
         action = super()._take(record)
-        if action is None or action.kind != "cut":
+        if action is None or action.kind not in ("cut", "trickle"):
             return action
+        if action.kind == "trickle":  # 200, and a body that comes a byte at a time
+            record["status"] = 200
+            h = self._handler.h
+            body = b'{"success": true, "errors": [], "messages": [], "result": []}'
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            try:
+                for byte in body:
+                    h.wfile.write(bytes([byte]))
+                    h.wfile.flush()
+                    time.sleep(action.seconds)
+            except OSError:
+                pass  # the tool gave up and went
+            raise _Cut()
         if action.execute:
             self.execute(record["kind"], record["body"])
         record["status"] = action.status
@@ -402,6 +418,20 @@ def test_http_timeout_beyond_range_is_one_line_exit_2(write_migration, fake, rem
     assert code == 2, (code, err)
     assert_one_line_error(err, "--http-timeout")
     assert fake.request_count == 0
+
+
+def test_an_answer_that_trickles_is_bounded_by_the_http_timeout(write_migration, fake,
+                                                                remote_cli):
+    """Each byte comes within the socket's timeout, the whole answer would
+    take 6 s: --http-timeout 1 bounds the answer, not each read."""
+    write_migration("0001_items.sql", M1)
+    fake.push(Action("trickle", seconds=0.1))
+    started = time.monotonic()
+    code, out, err = remote_cli("status", "--http-timeout", "1", "--http-retries", "0")
+    took = time.monotonic() - started
+    assert code != 0 and "Traceback" not in err, err
+    assert "no answer from D1 within 1 s" in err, err
+    assert took < 4, took
 
 
 def test_http_timeout_at_the_bound_is_accepted(write_migration, fake, remote_cli):
