@@ -4939,8 +4939,8 @@ def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, targe
     for column in extra:
         values = count(mine.table, column)
         if values:
-            losses.append(f"the {values} values of column {mine.name}.{column}, which the"
-                          " migration added")
+            losses.append(f"the {_plural(values, 'value')} of column {mine.name}.{column},"
+                          " which the migration added")
     for w in want_columns:
         if w.name not in names and w.name not in renames.values():
             notes.append(f"column {theirs.name}.{w.name}, which the migration dropped, comes"
@@ -5699,6 +5699,10 @@ class _Run:
         plan = compute_rollback(self.db.query, record, self.migrator.migrations(),
                                 self.book.key(row), self.migrator.bookkeeping_tables())
         if plan.losses and not self.allow_data_loss:
+            # What was computed goes with the refusal: a dry run shows it.
+            self.report_.computed = plan._replace(
+                notes=[f"it would lose {loss}" for loss in plan.losses] + plan.notes)
+            self.report_.sql, self.report_.subject = plan.sql(), (row.version, row.name)
             raise MigrationError(
                 f"The rollback computed for {row.name} (it has no down script) would lose"
                 f" {'; '.join(plan.losses)}. Nothing was rolled back: pass"
@@ -6572,11 +6576,18 @@ def cmd_apply(options: Options, console: Console) -> int:
 
 def cmd_rollback(options: Options, console: Console) -> int:
     with _migrator(options, console) as migrator, _stop_on_signals(migrator):
-        report = migrator.rollback(options.version, force=options.force,
-                                   bookmark=options.bookmark,
-                                   allow_row_loss=options.allow_row_loss,
-                                   allow_data_loss=options.allow_data_loss,
-                                   record_only=options.record_only, dry_run=options.dry_run)
+        try:
+            report = migrator.rollback(options.version, force=options.force,
+                                       bookmark=options.bookmark,
+                                       allow_row_loss=options.allow_row_loss,
+                                       allow_data_loss=options.allow_data_loss,
+                                       record_only=options.record_only, dry_run=options.dry_run)
+        except MigrationError as exc:
+            # A dry run refused for the data it would lose still shows what
+            # it computed, for review (text only: JSON holds one object).
+            if options.dry_run and not console.json and exc.report and exc.report.sql:
+                show_rollback(console, exc.report, options.migrations_dir, dry_run=True)
+            raise
         _keep_schema_file(options, migrator, console)
         show_rollback(console, report, options.migrations_dir, options.dry_run)  # (as apply)
     return EXIT_OK

@@ -396,3 +396,33 @@ def test_up_and_down_files_of_one_number_point_to_the_down_folder(project, write
     assert code == 1
     assert "a down script belongs in the down/ sub-folder" in err, err
     assert not (project / "app.db").exists()
+
+
+def test_a_dry_run_refused_for_lost_data_still_shows_what_it_computed(project, write_migration,
+                                                                     run_cli):
+    """The preview is most wanted where the rollback is refused: the SQL is
+    printed, with what it would lose, and the exit code is the real run's."""
+    write_migration("0001_a.sql", "CREATE TABLE a (id INTEGER PRIMARY KEY);\n")
+    write_migration("0002_b.sql", "CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT);\n"
+                                  "ALTER TABLE a ADD COLUMN note TEXT;\n")
+    code, out, err = run_cli(["apply", "--db-path", "app.db"])
+    assert code == 0, err
+    with closing(sqlite3.connect(str(project / "app.db"))) as conn:
+        conn.execute("INSERT INTO b (v) VALUES ('x')")
+        conn.execute("INSERT INTO a (note) VALUES ('n')")
+        conn.commit()
+    before = (project / "app.db").read_bytes()
+    code, out, err = run_cli(["rollback", "--db-path", "app.db", "--dry-run"])
+    assert code == 1
+    assert out.splitlines() == [
+        "-- The rollback of 0002_b (computed: 0002_b has no down script); nothing was changed",
+        "-- Note: it would lose the 1 value of column a.note, which the migration added",
+        "-- Note: it would lose the 1 row of table b, which the migration created",
+        'ALTER TABLE "a" DROP COLUMN "note";',
+        'DROP TABLE "b";']
+    assert err.startswith("Error: The rollback computed for 0002_b (it has no down script)"
+                          " would lose the 1 value of column a.note"), err
+    assert (project / "app.db").read_bytes() == before
+    code, out, err = run_cli(["rollback", "--db-path", "app.db", "--dry-run", "--json"])
+    assert code == 1
+    assert list(json.loads(out)) == ["error"]  # one object: the error's
