@@ -1138,6 +1138,7 @@ D1_PRAGMAS = frozenset((
 _SQL_NAME = r'(?:"[^"]*(?:""[^"]*)*"|`[^`]*(?:``[^`]*)*`|\[[^\]]*\]|[^\s.;(]+)'
 _PRAGMA_NAME = _pattern(rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?(\w+)")
 _SETS_PRAGMA = _pattern(r"[=(]")
+_DEFERRAL = frozenset(("defer_foreign_keys",))
 # Every spelling SQLite reads as "off" (sqlite3GetBoolean), quoted or not.
 _FOREIGN_KEYS_OFF = _pattern(
     rf"(?i)PRAGMA\s+(?:{_SQL_NAME}\s*\.\s*)?[\"`\[]?foreign_keys[\"`\]]?\s*(?:=\s*|\(\s*)"
@@ -2565,12 +2566,6 @@ class _SQLiteConnection:
         if os.path.isdir(path):
             raise DatabaseConnectError(f"{path} is a directory, not a database file")
         exists = os.path.exists(path)
-        if not exists and os.path.islink(path):
-            # SQLite would create the file the link names (a volume not
-            # mounted, a moved target): a new, empty database, migrated.
-            raise DatabaseConnectError(
-                f"{path} is a symbolic link to {os.readlink(path)}, which does not exist;"
-                " fix the link or pass the database's own path")
         if exists and not os.path.isfile(path):
             # Opening a FIFO would wait for a writer for ever.
             raise DatabaseConnectError(
@@ -3274,9 +3269,14 @@ def _read_by(response, deadline: float) -> bytes:
         if time.monotonic() > deadline:
             raise TimeoutError("the answer did not come whole in time")
         chunk = read(65536)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
+        if chunk:
+            parts.append(chunk)
+            continue
+        missing = getattr(response, "length", None)  # what Content-Length still promised
+        if missing:
+            import http.client
+            raise http.client.IncompleteRead(b"".join(parts), missing)
+        return b"".join(parts)
 
 
 class D1Client:
@@ -3337,7 +3337,7 @@ class D1Client:
         except urllib.error.HTTPError as exc:
             status = exc.code
             try:
-                raw = exc.read()
+                raw = _read_by(exc, time.monotonic() + self.timeout)
             except (ConnectionError, http.client.HTTPException, OSError) as lost:
                 # An error answer cut short or stalled (a timeout is an
                 # OSError): unread, it cannot say whether a write ran.
@@ -3911,13 +3911,15 @@ def plan_migrations(migrations: List[Migration], applied: Dict[Union[int, str], 
 
 def prepare_statements(migration: Migration, action: str = "apply",
                        d1_rules: bool = False,
-                       warn: Optional[Callable[[str], None]] = None
-                       ) -> List[Tuple[int, Statement]]:
+                       warn: Optional[Callable[[str], None]] = None,
+                       replay: bool = False) -> List[Tuple[int, Statement]]:
     """A file's statements, numbered, ready to run: split, with transaction
     control inside refused (and, for D1, what D1 would reject; what it
     treats differently goes to `warn`).  A file wrapped whole in BEGIN ...
     COMMIT keeps its meaning: the two are dropped and the rest runs in the
-    tool's own transaction."""
+    tool's own transaction.  For a replay in memory (replay=True), settings
+    of the run (RUN_PRAGMAS) are let through: they matter only to a run on
+    a file, and an applied migration that has one must still replay."""
     statements = migration.statements(action)
     numbered = list(enumerate(statements, 1))
     wrapped = _wrapper(statements)
@@ -3928,8 +3930,7 @@ def prepare_statements(migration: Migration, action: str = "apply",
         begin, end = wrapped
         numbered = numbered[:begin] + numbered[begin + 1:end] + numbered[end + 1:]
     for number, statement in numbered:
-        if (_pragma_name(statement) in RUN_PRAGMAS
-                and _SETS_PRAGMA.search(_without_comments(statement.sql))):
+        if not replay and _sets_pragma(statement, RUN_PRAGMAS):
             why = (f"PRAGMA {_pragma_name(statement)} is not allowed inside a migration: it"
                    " sets how the database file is written or locked for the rest of the run,"
                    " which the tool's transactions rely on; set it on the database outside"
@@ -3965,13 +3966,18 @@ def _pragma_name(statement: Statement) -> Optional[str]:
     return found.group(1).lower() if found else None
 
 
+def _sets_pragma(statement: Statement, names: "frozenset[str]") -> bool:
+    """Whether a statement sets (not reads) one of the PRAGMAs `names`."""
+    return (_pragma_name(statement) in names
+            and _SETS_PRAGMA.search(_without_comments(statement.sql)) is not None)
+
+
 def _sets_deferral(step: Step) -> bool:
     """Whether a step sets PRAGMA defer_foreign_keys, which lasts until the
     COMMIT: no later step may share its transaction (a group commit's, a D1
     batch's), or it would run with its checks deferred too.  (Setting it
     off again is no cure: SQLite then forgets what was deferred.)"""
-    return any(_pragma_name(statement) == "defer_foreign_keys"
-               for _, statement in step.statements)
+    return any(_sets_pragma(statement, _DEFERRAL) for _, statement in step.statements)
 
 
 def _leading_foreign_keys(statements: List[Tuple[int, Statement]]) -> int:
@@ -4349,7 +4355,7 @@ def drop_findings(migrations: Sequence[Migration]) -> List[Finding]:
     try:
         for migration in migrations:
             try:
-                statements = [s for _, s in prepare_statements(migration)]
+                statements = [s for _, s in prepare_statements(migration, replay=True)]
             except (MigrationFailed, MigrationFileError):
                 return findings  # reported as the file's own finding; no schema after it
             names = changes_of(statements).names
@@ -4439,6 +4445,9 @@ _SHADOW_SUFFIXES = {
 _VIRTUAL_TABLE = _pattern(
     rf"(?is)\s*CREATE\s+VIRTUAL\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:{_SQL_NAME}\s*\.\s*)?"
     rf"{_SQL_NAME}\s+USING\s+(\w+)\s*(\(.*)?")
+# How SQLite's modules write their shadow tables' CREATE: the name quoted,
+# the column list right after it.
+_MODULE_TABLE = _pattern(r"""CREATE TABLE (?:"[^"]*"\.)?(['"])([^'"]*)\1\s*\(""")
 # An FTS table over another table's rows (content='notes'): its rows are that
 # table's, and an empty index is made whole again with its 'rebuild' command.
 _EXTERNAL_CONTENT = _pattern(
@@ -4475,9 +4484,18 @@ class SchemaObject(namedtuple("SchemaObject", "type name table sql")):
 
 
 def _shadow_tables(objects: Sequence[SchemaObject]) -> Set[str]:
-    """The lower-cased names of the virtual tables' shadow tables."""
-    return {f"{o.name}_{suffix}".lower() for o in objects
-            for suffix in _SHADOW_SUFFIXES.get(o.module or "", ())}
+    """The lower-cased names of the virtual tables' shadow tables: a table
+    named for one, as its module writes it (`CREATE TABLE 'docs_data'(`).
+    A table of the user's that merely has such a name (an FTS table's
+    external content, `docs_content`) is the user's."""
+    names = {f"{o.name}_{suffix}".lower() for o in objects
+             for suffix in _SHADOW_SUFFIXES.get(o.module or "", ())}
+    shadows = set()
+    for o in objects:
+        made = o.type == "table" and o.name.lower() in names and _MODULE_TABLE.match(o.sql)
+        if made and made.group(2).lower() == o.name.lower():
+            shadows.add(o.name.lower())
+    return shadows
 
 
 class Column(namedtuple("Column", "name type notnull default pk")):
@@ -4650,7 +4668,7 @@ class _Replay:
         """One migration (or down script) in a transaction: all or nothing."""
         self.conn.execute("BEGIN")
         try:
-            for number, statement in prepare_statements(migration, action):
+            for number, statement in prepare_statements(migration, action, replay=True):
                 try:
                     for _ in self.conn.execute(statement.sql):
                         pass
@@ -4827,6 +4845,7 @@ def rollback_plan(current: Schema, target: Schema,
     quote = quote_identifier
     renamed = _renamed_tables(current, target)
     rebuilt = set()
+    rebuilds: List[str] = []  # FTS indexes, once the tables they read are back
     # What depends on tables goes first: triggers, views, then indexes.
     for kind in ("trigger", "view", "index"):
         for o in current.objects:
@@ -4859,7 +4878,8 @@ def rollback_plan(current: Schema, target: Schema,
     for o in target.tables():
         if ("table", o.name.lower()) not in now and o.name.lower() not in {
                 n.lower() for n in renamed.values()}:
-            statements += _made_again(o)
+            statements.append(o.sql.rstrip().rstrip(";") + ";")
+            rebuilds += _rebuilt(o)
             if not o.rebuilt_from_content:
                 notes.append(f"table {o.name}, which the migration dropped, comes back empty")
     # A virtual table cannot be altered: one the migration changed (or a
@@ -4873,9 +4893,11 @@ def rollback_plan(current: Schema, target: Schema,
             losses.append(f"the {_plural(rows, 'row')} of table {mine.name}, which is made"
                           " again")
         statements.append(f"DROP TABLE {quote(mine.name)};")
-        statements += _made_again(o)
+        statements.append(o.sql.rstrip().rstrip(";") + ";")
+        rebuilds += _rebuilt(o)
         if not o.rebuilt_from_content:
             notes.append(f"table {o.name}, which the migration changed, comes back empty")
+    statements += rebuilds
     for kind in ("index", "view", "trigger"):
         for o in target.objects:
             if o.type == kind and (now.get(o.key) != want[o.key]
@@ -4886,14 +4908,13 @@ def rollback_plan(current: Schema, target: Schema,
     return RollbackPlan(statements, losses, notes)
 
 
-def _made_again(table: SchemaObject) -> List[str]:
-    """A table's CREATE statement, and for an FTS index over another table's
-    rows, its rebuild from them."""
-    statements = [table.sql.rstrip().rstrip(";") + ";"]
-    if table.rebuilt_from_content:
-        name = quote_identifier(table.name)
-        statements.append(f"INSERT INTO {name} ({name}) VALUES ('rebuild');")
-    return statements
+def _rebuilt(table: SchemaObject) -> List[str]:
+    """For an FTS index over another table's rows, made again empty, its
+    rebuild from them (once every table is back)."""
+    if not table.rebuilt_from_content:
+        return []
+    name = quote_identifier(table.name)
+    return [f"INSERT INTO {name} ({name}) VALUES ('rebuild');"]
 
 
 def _renamed_tables(current: Schema, target: Schema) -> Dict[str, str]:
@@ -5699,14 +5720,7 @@ class _Run:
         plan = compute_rollback(self.db.query, record, self.migrator.migrations(),
                                 self.book.key(row), self.migrator.bookkeeping_tables())
         if plan.losses and not self.allow_data_loss:
-            # What was computed goes with the refusal: a dry run shows it.
-            self.report_.computed = plan._replace(
-                notes=[f"it would lose {loss}" for loss in plan.losses] + plan.notes)
-            self.report_.sql, self.report_.subject = plan.sql(), (row.version, row.name)
-            raise MigrationError(
-                f"The rollback computed for {row.name} (it has no down script) would lose"
-                f" {'; '.join(plan.losses)}. Nothing was rolled back: pass"
-                f" {_opt('allow_data_loss')} if that is meant, or write a down script")
+            raise _losing(plan, row, self.report_)
         self.report_.computed = plan
         return list(enumerate(split_sql(plan.sql()), 1))
 
@@ -5835,6 +5849,18 @@ class _Run:
             if tell is not None:
                 tell("bookmark", report.bookmark)
             self._tell_history(self.book.bookmarked(report.bookmark))
+
+
+def _losing(plan: RollbackPlan, row: AppliedRow, report: RunReport) -> MigrationError:
+    """The refusal of a computed rollback that would lose data; what was
+    computed goes into the report with it, for a dry run to show."""
+    report.computed = plan._replace(
+        notes=[f"it would lose {loss}" for loss in plan.losses] + plan.notes)
+    report.sql, report.subject = plan.sql(), (row.version, row.name)
+    return MigrationError(
+        f"The rollback computed for {row.name} (it has no down script) would lose"
+        f" {'; '.join(plan.losses)}. Nothing was rolled back: pass"
+        f" {_opt('allow_data_loss')} if that is meant, or write a down script")
 
 
 def _plural(count: int, word: str) -> str:

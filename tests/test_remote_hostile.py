@@ -63,11 +63,12 @@ class CuttingFakeD1(FakeD1):
         action = super()._take(record)
         if action is None or action.kind not in ("cut", "trickle"):
             return action
-        if action.kind == "trickle":  # 200, and a body that comes a byte at a time
-            record["status"] = 200
+        if action.kind == "trickle":  # a body that comes a byte at a time
+            status = action.status or 200
+            record["status"] = status
             h = self._handler.h
             body = b'{"success": true, "errors": [], "messages": [], "result": []}'
-            h.send_response(200)
+            h.send_response(status)
             h.send_header("Content-Type", "application/json")
             h.send_header("Content-Length", str(len(body)))
             h.end_headers()
@@ -420,17 +421,20 @@ def test_http_timeout_beyond_range_is_one_line_exit_2(write_migration, fake, rem
     assert fake.request_count == 0
 
 
+@pytest.mark.parametrize("status, said", [(200, "no answer from D1 within 1 s"),
+                                          (400, "HTTP 400 from D1 with its body cut short")])
 def test_an_answer_that_trickles_is_bounded_by_the_http_timeout(write_migration, fake,
-                                                                remote_cli):
+                                                                remote_cli, status, said):
     """Each byte comes within the socket's timeout, the whole answer would
-    take 6 s: --http-timeout 1 bounds the answer, not each read."""
+    take 6 s: --http-timeout 1 bounds the answer, not each read (an error
+    answer's too)."""
     write_migration("0001_items.sql", M1)
-    fake.push(Action("trickle", seconds=0.1))
+    fake.push(Action("trickle", status, seconds=0.1))
     started = time.monotonic()
     code, out, err = remote_cli("status", "--http-timeout", "1", "--http-retries", "0")
     took = time.monotonic() - started
     assert code != 0 and "Traceback" not in err, err
-    assert "no answer from D1 within 1 s" in err, err
+    assert said in err, err
     assert took < 4, took
 
 

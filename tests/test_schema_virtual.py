@@ -560,3 +560,52 @@ def test_the_library_api_computes_the_same_rollbacks(tmp_path):
                                                         "pending"]
     assert query(db, "SELECT name FROM sqlite_master WHERE name LIKE '%fts%'"
                      " OR name LIKE 'boxes%'") == []
+
+
+def test_a_table_named_like_a_shadow_table_is_the_users(project, write_migration, run_cli):
+    """An FTS5 table over external content makes no `_content` table of its
+    own: a table of the user's with that name is an object of the schema,
+    and a rollback that changes it is computed."""
+    apply(run_cli, write_migration, {
+        "0001_init.sql": "CREATE TABLE docs_content (id INTEGER PRIMARY KEY, body TEXT);\n"
+                         "CREATE VIRTUAL TABLE docs USING fts5(body, content='docs_content',"
+                         " content_rowid='id');\n"
+                         "CREATE TRIGGER docs_ai AFTER INSERT ON docs_content BEGIN\n"
+                         "  INSERT INTO docs (rowid, body) VALUES (new.id, new.body);\nEND;\n",
+        "0002_more.sql": "ALTER TABLE docs_content ADD COLUMN extra TEXT;\n"})
+    code, out, err = run_cli(["schema", "--db-path", "app.db"])
+    assert code == 0, err
+    assert "CREATE TABLE docs_content" in out and "CREATE TRIGGER docs_ai" in out, out
+    assert "docs_data" not in out and "docs_config" not in out, out
+    code, out, err = run_cli(["rollback", "--db-path", "app.db", "--dry-run"])
+    assert code == 0, err
+    assert out.splitlines()[1:] == ['ALTER TABLE "docs_content" DROP COLUMN "extra";']
+
+
+def test_an_fts_index_and_its_content_table_both_made_again_in_any_name_order(
+        project, write_migration, run_cli):
+    """The rebuild reads the content table: it comes after every table is
+    back, whatever the names' order (afts sorts before notes)."""
+    apply(run_cli, write_migration, {
+        "0001_init.sql": "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);\n"
+                         "CREATE VIRTUAL TABLE afts USING fts5(body, content='notes',"
+                         " content_rowid='id');\n",
+        "0002_drop.sql": "DROP TABLE afts;\nDROP TABLE notes;\n"})
+    code, out, err = run_cli(["rollback", "--db-path", "app.db", "--dry-run"])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[-1] == 'INSERT INTO "afts" ("afts") VALUES (\'rebuild\');'
+    assert any(line.startswith("CREATE TABLE notes") for line in lines[:-1]), lines
+
+
+def test_an_applied_migration_with_a_setting_of_the_run_still_replays(project, write_migration,
+                                                                      run_cli):
+    """apply refuses PRAGMA journal_mode and the like, but a migration that
+    has one (applied before the refusal, or by another tool) must still
+    replay in memory: schema --from-migrations, computed rollbacks, check."""
+    write_migration("0001_a.sql", "CREATE TABLE a (x);\nPRAGMA journal_mode = DELETE;\n"
+                                  "PRAGMA locking_mode = NORMAL;\n")
+    write_migration("0002_b.sql", "CREATE TABLE b (x);\nDROP TABLE a;\n")
+    code, out, err = run_cli(["schema", "--from-migrations"])
+    assert code == 0, err
+    assert "CREATE TABLE b" in out and "CREATE TABLE a" not in out, out
