@@ -307,8 +307,9 @@ DEFAULT_HTTP_RETRIES = 4
 MAX_HTTP_RETRIES = 100
 D1_MAX_STATEMENT_BYTES = 100_000
 # Consecutive small migrations go to D1 in one request (one transaction):
-# at most this many, with at most this much SQL together (D1 gives a
-# request 30 s; a few hundred KB of DDL and small inserts take well under one).
+# at most this many, with at most this many bytes of SQL (UTF-8) together
+# (D1 gives a request 30 s; a few hundred KB of DDL and small inserts take
+# well under one).
 D1_GROUP_STEPS = 100
 D1_GROUP_BYTES = 400_000
 
@@ -3324,7 +3325,10 @@ class D1Client:
         url = (f"{self.api_base}/accounts/{self.account_id}/d1/database/"
                f"{self.database_id}/{kind}")
         request = urllib.request.Request(
-            url, data=None if body is None else json.dumps(body).encode("utf-8"),
+            # UTF-8 as it is: escaped, a character outside ASCII would take 6
+            # bytes, and a group's size (D1_GROUP_BYTES) would not be its body's.
+            url, data=None if body is None else json.dumps(
+                body, ensure_ascii=False).encode("utf-8"),
             method="GET" if body is None else "POST",
             headers={"Authorization": f"Bearer {self._token}",
                      "Content-Type": "application/json",
@@ -3630,7 +3634,7 @@ class D1Target(Target):
         steps before it left it), up to D1_GROUP_STEPS and D1_GROUP_BYTES."""
         size = 0
         for count, step in enumerate(steps[:D1_GROUP_STEPS]):
-            size += sum(len(statement.sql) for _, statement in step.statements)
+            size += sum(len(statement.sql.encode("utf-8")) for _, statement in step.statements)
             if _reads_schema(step):
                 return steps[:max(count, 1)]
             if count and size > D1_GROUP_BYTES:

@@ -719,6 +719,22 @@ def test_hundred_small_migrations_need_at_most_ten_requests(write_migration, fak
     assert migration_batches(fake) == [versions(100)]  # one batch for all of them
 
 
+def test_a_group_is_bounded_by_bytes_not_characters(write_migration, fake, remote_cli):
+    """Three migrations of 60,000 three-byte characters each (two
+    statements of 90,000 bytes, under D1's limit): 180,000 characters,
+    540,000 bytes of SQL, and a request body as large: more than
+    D1_GROUP_BYTES, so they do not all go in one request."""
+    write_migration("0001_notes.sql", "CREATE TABLE notes (body TEXT);\n")
+    row = f"INSERT INTO notes (body) VALUES ('{chr(0x20AC) * 30_000}');\n"
+    for i in (2, 3, 4):
+        write_migration(f"{i:04d}_seed{i}.sql", row * 2)
+    code, out, err = remote_cli("apply")
+    assert (code, err) == (0, ""), err
+    batches = migration_batches(fake)
+    assert [v for batch in batches for v in batch] == versions(4)
+    assert len(batches) > 1, batches
+
+
 def test_failing_group_falls_back_to_one_batch_each(write_migration, fake, remote_cli):
     remote_migrations(write_migration, 5)
     write_migration("0004_r0004.sql", "-- fails at its second statement\n"
