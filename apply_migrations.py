@@ -4669,8 +4669,9 @@ class _Replay:
         return self.conn.execute(sql, params).fetchall()
 
     def run(self, migration: Migration, action: str = "apply") -> None:
-        """One migration (or down script) in a transaction: all or nothing."""
-        self.conn.execute("BEGIN")
+        """One migration (or down script) in a savepoint: all or nothing, and
+        inside a caller's savepoint too."""
+        self.conn.execute("SAVEPOINT replay")
         try:
             for number, statement in prepare_statements(migration, action, replay=True):
                 try:
@@ -4680,10 +4681,11 @@ class _Replay:
                     raise MigrationFailed(migration.name, migration.path, str(exc), number,
                                           statement.line, statement.sql,
                                           action=action) from None
-            self.conn.execute("COMMIT")
+            self.conn.execute("RELEASE replay")
         except BaseException:
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+                self.conn.execute("ROLLBACK TO replay")
+                self.conn.execute("RELEASE replay")
             raise
 
     def schema(self) -> Schema:
@@ -4740,8 +4742,10 @@ def down_findings(migrations: Sequence[Migration], folder: str) -> List[Finding]
     """For `check`: each down script (migrations/down/<name>.sql), replayed
     in memory as up, down, up: a down script that fails, one that does not
     bring the schema back to what it was before its migration, and a
-    migration that fails after its down script.  Stops quietly where a
-    migration cannot be replayed (drop_findings says so)."""
+    migration that fails after its down script; each on the schema the
+    migrations make, so that one incomplete script hides none after it.
+    Stops quietly where a migration cannot be replayed (drop_findings says
+    so)."""
     findings: List[Finding] = []
     replay = _Replay()
     try:
@@ -4756,33 +4760,48 @@ def down_findings(migrations: Sequence[Migration], folder: str) -> List[Finding]
                 return findings
             if down is None:
                 continue
+            # Down, and up again, are tried in a savepoint that is rolled
+            # back: each down script is checked on the migrations' own schema,
+            # whatever the ones before it left undone.
+            replay.conn.execute("SAVEPOINT down_check")
             try:
-                replay.run(down, "roll back")
-            except MigrationFailed as exc:
-                findings.append(Finding("error", path, exc.line, "down-script-fails",
-                                        f"it fails after {migration.name}: {exc.reason}"))
-                continue
-            except MigrationFileError as exc:
-                findings.append(Finding("error", path, None, "down-script-fails", str(exc)))
-                continue
-            left = replay.schema().differences(before)  # type: ignore[arg-type]
-            if left:
-                shown = "; ".join(f"{o.type} {o.name}: {_undone(kind)}" for kind, o in left[:4])
-                findings.append(Finding(
-                    "error", path, None, "down-script-incomplete",
-                    f"it does not undo {migration.name}: {shown}"
-                    + (f" (and {len(left) - 4} more)" if len(left) > 4 else "")))
-                return findings  # the schema from here on is not the migrations' own
-            try:
-                replay.run(migration)
-            except MigrationFailed as exc:
-                findings.append(Finding(
-                    "error", migration.path, exc.line, "up-after-down-fails",
-                    f"it fails when applied again after its down script: {exc.reason}"))
+                findings += _down_finding(replay, migration, down, before)  # type: ignore
+            finally:
+                kept = replay.conn.in_transaction  # (a RAISE(ROLLBACK) takes it all)
+                if kept:
+                    replay.conn.execute("ROLLBACK TO down_check")
+                    replay.conn.execute("RELEASE down_check")
+            if not kept:
                 return findings
     finally:
         replay.close()
     return findings
+
+
+def _down_finding(replay: "_Replay", migration: Migration, down: Migration,
+                  before: Schema) -> List[Finding]:
+    """What is wrong with one down script, run after its migration on
+    `replay`: it fails, it leaves the schema other than `before`, or the
+    migration fails when applied again after it."""
+    try:
+        replay.run(down, "roll back")
+    except MigrationFailed as exc:
+        return [Finding("error", down.path, exc.line, "down-script-fails",
+                        f"it fails after {migration.name}: {exc.reason}")]
+    except MigrationFileError as exc:
+        return [Finding("error", down.path, None, "down-script-fails", str(exc))]
+    left = replay.schema().differences(before)
+    if left:
+        shown = "; ".join(f"{o.type} {o.name}: {_undone(kind)}" for kind, o in left[:4])
+        return [Finding("error", down.path, None, "down-script-incomplete",
+                        f"it does not undo {migration.name}: {shown}"
+                        + (f" (and {len(left) - 4} more)" if len(left) > 4 else ""))]
+    try:
+        replay.run(migration)
+    except MigrationFailed as exc:
+        return [Finding("error", migration.path, exc.line, "up-after-down-fails",
+                        f"it fails when applied again after its down script: {exc.reason}")]
+    return []
 
 
 def _undone(kind: str) -> str:
@@ -4958,19 +4977,26 @@ def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, targe
     # Columns renamed by the migration: same place, same type, another name.
     renames = {}
     if len(names) == len(want_names):
+        # (A name that both versions have is that column's, whatever its
+        # place: copying it into another would move values silently.)
         renames = {n.name: w.name for n, w in zip(now_columns, want_columns)
-                   if n.name != w.name and n[1:] == w[1:]}
+                   if n.name != w.name and n[1:] == w[1:]
+                   and n.name not in want_names and w.name not in names}
     extra = [n for n in names if n not in want_names and n not in renames]
     for column in extra:
         values = count(mine.table, column)
         if values:
             losses.append(f"the {_plural(values, 'value')} of column {mine.name}.{column},"
                           " which the migration added")
+    rows_stay = True
     for w in want_columns:
         if w.name not in names and w.name not in renames.values():
             notes.append(f"column {theirs.name}.{w.name}, which the migration dropped, comes"
                          " back empty")
             if w.notnull and w.default is None and count(mine.table, None):
+                # No value to give it: the rows cannot be copied back, and
+                # allowed to (allow_data_loss), the table comes back empty.
+                rows_stay = False
                 losses.append(f"the rows of table {mine.name}: its column {w.name}, which the"
                               " migration dropped, is NOT NULL with no default")
     if renames and not extra and [c._replace(name=renames.get(c.name, c.name))
@@ -4987,9 +5013,11 @@ def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, targe
     statements = [
         "PRAGMA defer_foreign_keys = ON;",
         _renamed_sql(theirs.sql, temporary).rstrip().rstrip(";") + ";",
-        f"INSERT INTO {quote(temporary)} ({', '.join(quote(renames.get(n, n)) for n in kept)})"
-        f" SELECT {', '.join(quote(n) for n in kept)} FROM {quote(mine.name)};",
     ]
+    if rows_stay:
+        statements.append(
+            f"INSERT INTO {quote(temporary)} ({', '.join(quote(renames.get(n, n)) for n in kept)})"
+            f" SELECT {', '.join(quote(n) for n in kept)} FROM {quote(mine.name)};")
     if _AUTOINCREMENT.search(_QUOTED_OR_COMMENT.sub(" x ", theirs.sql)):  # names, strings out
         # The copy would start the sequence again at the largest id kept: ids
         # of deleted rows would come back.  (The rename carries the row.)
@@ -5520,7 +5548,10 @@ class Migrator:
             run.restore_point()
             self._check_stop()
             run.run([step], 0, ROLLED_BACK)
-            if known and report.having(ROLLED_BACK):
+            # Only a computed rollback is known to leave the schema the
+            # migrations before it make (it was tried in memory); a down
+            # script may leave more or less, and --record-only leaves all.
+            if known and report.having(ROLLED_BACK) and report.computed is not None:
                 run.note_schema()
         return report
 

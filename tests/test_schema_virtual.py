@@ -609,3 +609,70 @@ def test_an_applied_migration_with_a_setting_of_the_run_still_replays(project, w
     code, out, err = run_cli(["schema", "--from-migrations"])
     assert code == 0, err
     assert "CREATE TABLE b" in out and "CREATE TABLE a" not in out, out
+
+
+# --------------------------------------------------------------------------
+# From a second trial on real projects (authelia, vaultwarden, memos)
+
+
+def test_a_column_both_versions_have_keeps_its_values(project, write_migration, run_cli):
+    """Dropping x and adding y leaves the same number of columns: x's place
+    is b's now, but b is b's in both versions, so b's values stay in b (they
+    went into x, silently)."""
+    apply(run_cli, write_migration, {
+        "0001_init.sql": "CREATE TABLE s (id INTEGER PRIMARY KEY, a TEXT, x TEXT, b TEXT);\n",
+        "0002_alter.sql": "ALTER TABLE s DROP COLUMN x;\nALTER TABLE s ADD COLUMN y INTEGER;\n"})
+    db = project / "app.db"
+    execute(db, "INSERT INTO s (id, a, b) VALUES (1, 'A', 'B')")
+    code, out, err = run_cli(["rollback", "--db-path", "app.db"])
+    assert code == 0, err
+    assert query(db, "SELECT id, a, x, b FROM s") == [(1, "A", None, "B")]
+
+
+def test_a_not_null_column_without_default_empties_its_table_only_when_allowed(
+        project, write_migration, run_cli):
+    """The column comes back with no value to give the rows: refused, and
+    allowed, the table comes back empty, as the refusal said (it failed on
+    the NOT NULL constraint)."""
+    apply(run_cli, write_migration, {
+        "0001_init.sql": "CREATE TABLE c (id INTEGER PRIMARY KEY, name TEXT,"
+                         " fav BOOLEAN NOT NULL);\n",
+        "0002_drop_fav.sql": "ALTER TABLE c DROP COLUMN fav;\n"})
+    db = project / "app.db"
+    execute(db, "INSERT INTO c (name) VALUES ('one')")
+    code, out, err = run_cli(["rollback", "--db-path", "app.db"])
+    assert code == 1 and "would lose the rows of table c" in err, err
+    assert query(db, "SELECT name FROM c") == [("one",)]
+    code, out, err = run_cli(["rollback", "--db-path", "app.db", "--allow-data-loss"])
+    assert code == 0, err
+    assert query(db, "SELECT count(*) FROM c") == [(0,)]
+    assert [r[1] for r in query(db, "SELECT * FROM pragma_table_info('c')")] == [
+        "id", "name", "fav"]
+
+
+def test_after_a_down_script_that_undoes_too_little_status_shows_drift(
+        project, write_migration, run_cli):
+    """Only a computed rollback is known to leave the migrations' schema; an
+    empty down script leaves the column, and status must say so."""
+    apply(run_cli, write_migration, {
+        "0001_init.sql": "CREATE TABLE t (id INTEGER PRIMARY KEY);\n",
+        "0002_add_manage.sql": "ALTER TABLE t ADD COLUMN manage BOOLEAN NOT NULL DEFAULT 0;\n"})
+    write_migration("0002_add_manage.sql", "-- nothing\n", folder="migrations/down")
+    code, out, err = run_cli(["rollback", "--db-path", "app.db"])
+    assert code == 0, err
+    code, out, err = run_cli(["status", "--db-path", "app.db", "--exit-code"])
+    assert code == 1, out
+    assert "table t: changed" in out, out
+
+
+def test_check_reports_every_incomplete_down_script(project, write_migration, run_cli):
+    """One incomplete down script must not hide the ones after it."""
+    write_migration("0001_a.sql", "CREATE TABLE a (x);\n")
+    write_migration("0002_b.sql", "CREATE TABLE b (x);\n")
+    write_migration("0003_c.sql", "CREATE TABLE c (x);\n")
+    write_migration("0002_b.sql", "-- forgets b\n", folder="migrations/down")
+    write_migration("0003_c.sql", "-- forgets c\n", folder="migrations/down")
+    code, out, err = run_cli(["check", "--json"])
+    found = [(f["path"].rsplit("/", 1)[-1], f["code"]) for f in json.loads(out)["findings"]]
+    assert ("0002_b.sql", "down-script-incomplete") in found, found
+    assert ("0003_c.sql", "down-script-incomplete") in found, found

@@ -106,6 +106,9 @@ def test_the_engine_needs_only_the_target_interface(project, write_migration):
         report = migrator.rollback()
         assert [(o.name, o.result, o.path is not None) for o in report.outcomes] == [
             ("0002_b", "rolled back", True)]
+        report = migrator.rollback()  # computed: 0001 has no down script
+        assert [(o.name, o.result) for o in report.outcomes] == [("0001_a", "rolled back")]
+        assert report.computed is not None
         migrator.apply(single_transaction=True)
         migrator.apply(dry_run=True)
     assert {"open", "query", "ensure", "run", "run_all", "close"} <= set(target.calls)
