@@ -5012,7 +5012,7 @@ def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, targe
     temporary = theirs.name + ROLLBACK_TABLE_SUFFIX
     statements = [
         "PRAGMA defer_foreign_keys = ON;",
-        _renamed_sql(theirs.sql, temporary).rstrip().rstrip(";") + ";",
+        _created_as(theirs.sql, theirs.name, temporary) + ";",
     ]
     if rows_stay:
         statements.append(
@@ -5028,6 +5028,24 @@ def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, targe
         f"DROP TABLE {quote(mine.name)};",
         f"ALTER TABLE {quote(temporary)} RENAME TO {quote(theirs.name)};",
     ]
+
+
+def _created_as(sql: str, name: str, new: str) -> str:
+    """A table's CREATE statement for the same table named `new`, with the
+    references to itself inside it (a CHECK that names its own table, as
+    drizzle-kit writes them; a foreign key to itself) renamed too: SQLite's
+    own ALTER TABLE ... RENAME does it, on a copy in memory.  Where that
+    copy cannot be made, the name alone is changed."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.execute(sql)
+        scratch.execute(f"ALTER TABLE {quote_identifier(name)} RENAME TO {quote_identifier(new)}")
+        return scratch.execute("SELECT sql FROM sqlite_master WHERE name = ?", (new,)
+                               ).fetchone()[0]
+    except (sqlite3.Error, TypeError):
+        return _renamed_sql(sql, new).rstrip().rstrip(";")
+    finally:
+        scratch.close()
 
 
 def _sql_text(text: str) -> str:

@@ -676,3 +676,29 @@ def test_check_reports_every_incomplete_down_script(project, write_migration, ru
     found = [(f["path"].rsplit("/", 1)[-1], f["code"]) for f in json.loads(out)["findings"]]
     assert ("0002_b.sql", "down-script-incomplete") in found, found
     assert ("0003_c.sql", "down-script-incomplete") in found, found
+
+
+def test_a_rebuild_keeps_a_check_that_names_its_own_table(project, write_migration, run_cli):
+    """drizzle-kit writes CHECK("sub"."kind" ...): the rebuilt table, made
+    under another name first, must name itself there too (SQLite's rename
+    then names it back); it failed in memory, 'no such column: sub.kind'."""
+    apply(run_cli, write_migration, {
+        "0001_init.sql": "CREATE TABLE `sub` (`id` integer PRIMARY KEY NOT NULL,"
+                         " `kind` text DEFAULT 'email' NOT NULL, `email` text,"
+                         " CONSTRAINT \"sub_check\" CHECK(\"sub\".\"kind\" <> 'email'"
+                         " OR \"sub\".\"email\" IS NOT NULL));\n",
+        "0002_rebuild.sql": "CREATE TABLE `__new_sub` (`id` integer PRIMARY KEY NOT NULL,"
+                            " `kind` text DEFAULT 'email' NOT NULL,"
+                            " `email` text NOT NULL DEFAULT '', CONSTRAINT \"sub_check\""
+                            " CHECK(\"__new_sub\".\"kind\" <> 'email'"
+                            " OR \"__new_sub\".\"email\" IS NOT NULL));\n"
+                            "INSERT INTO `__new_sub`(\"id\", \"kind\", \"email\") SELECT"
+                            " \"id\", \"kind\", coalesce(\"email\", '') FROM `sub`;\n"
+                            "DROP TABLE `sub`;\nALTER TABLE `__new_sub` RENAME TO `sub`;\n"})
+    db = project / "app.db"
+    execute(db, "INSERT INTO sub (kind, email) VALUES ('sms', 'a')")
+    code, out, err = run_cli(["rollback", "--db-path", "app.db"])
+    assert code == 0, err
+    assert query(db, "SELECT id, kind, email FROM sub") == [(1, "sms", "a")]
+    code, out, err = run_cli(["status", "--db-path", "app.db", "--exit-code"])
+    assert code == 1 and "Drift" not in out, out  # pending again, and no drift
