@@ -1801,7 +1801,7 @@ def _d1_settings(values: Mapping[str, object], environ: Mapping[str, str],
             raise ConfigurationError(
                 f"{variable} {value!r} is not a Cloudflare id: it may hold only letters,"
                 " digits, '-' and '_'. Copy it again from the dashboard or `wrangler d1 list`.")
-    if not _D1_TOKEN.fullmatch(token):
+    if not _PRINTABLE_ASCII.fullmatch(token):
         raise ConfigurationError(
             f"{D1_TOKEN_VARIABLE} holds a space, a control character or a character that is not"
             " ASCII, which no API token has (the token is not shown). Set it again, without"
@@ -1813,7 +1813,7 @@ def _d1_settings(values: Mapping[str, object], environ: Mapping[str, str],
                 f"{D1_API_BASE_VARIABLE} is set but empty; unset it to use {D1_API_BASE}")
         api_base = environ.get(D1_API_BASE_VARIABLE, "").strip() or D1_API_BASE
     if not re.match(r"https?://[^/\s]+", str(api_base)) or not _url_port_ok(str(api_base)) \
-            or not _D1_TOKEN.fullmatch(str(api_base)):
+            or not _PRINTABLE_ASCII.fullmatch(str(api_base)):
         raise ConfigurationError(
             f"The D1 API base URL {api_base!r} is not an http:// or https:// URL")
     retries = values.get("http_retries", DEFAULT_HTTP_RETRIES)
@@ -1832,8 +1832,8 @@ def _d1_settings(values: Mapping[str, object], environ: Mapping[str, str],
 
 # What Cloudflare's account and database ids are made of, and what may be in
 # an Authorization header or a URL at all: printable ASCII, no space.
-_D1_ID = re.compile(r"[A-Za-z0-9_-]+")
-_D1_TOKEN = re.compile(r"[\x21-\x7e]+")
+_D1_ID = _pattern(r"[A-Za-z0-9_-]+")
+_PRINTABLE_ASCII = _pattern(r"[\x21-\x7e]+")
 
 
 def _url_port_ok(url: str) -> bool:
@@ -3364,6 +3364,7 @@ class D1Client:
         if self.log:
             self.log(f"{request.get_method()} .../{kind}: HTTP {status} in"
                      f" {format_ms((time.perf_counter() - started) * 1000)}")
+
         def not_json(constant: str) -> None:
             raise ValueError(constant)  # NaN and Infinity are Python's, not JSON's
 
@@ -4472,19 +4473,22 @@ class SchemaObject(namedtuple("SchemaObject", "type name table sql")):
     def key(self) -> "tuple[str, str]":
         return (self.type, self.name.lower())
 
+    def _virtual(self):
+        return self.type == "table" and _VIRTUAL_TABLE.match(_without_comments(self.sql))
+
     @property
     def module(self) -> Optional[str]:
         """A virtual table's module (fts5, rtree, ...), lower-cased; else None."""
-        found = self.type == "table" and _VIRTUAL_TABLE.match(_without_comments(self.sql))
+        found = self._virtual()
         return found.group(1).lower() if found else None
 
     @property
     def rebuilt_from_content(self) -> bool:
         """An FTS table whose rows are another table's (content='t'): made
         again empty, its 'rebuild' command restores it, and nothing is lost."""
-        found = self.module in ("fts4", "fts5") and _VIRTUAL_TABLE.match(
-            _without_comments(self.sql))
-        return bool(found and found.group(2) and _EXTERNAL_CONTENT.search(found.group(2)))
+        found = self._virtual()
+        return bool(found and found.group(1).lower() in ("fts4", "fts5") and found.group(2)
+                    and _EXTERNAL_CONTENT.search(found.group(2)))
 
 
 def _shadow_tables(objects: Sequence[SchemaObject]) -> Set[str]:
@@ -4886,9 +4890,9 @@ def rollback_plan(current: Schema, target: Schema,
             continue  # not altered: made again (below)
         if source != o.name and normalized_sql(_renamed_sql(mine.sql, o.name)) == want[o.key]:
             continue  # the rename alone undoes it
-        back = _table_back(mine._replace(name=o.name), o, current, target, count, losses,
-                           notes)
-        if any(ROLLBACK_TABLE_SUFFIX in statement for statement in back):
+        back, remade = _table_back(mine._replace(name=o.name), o, current, target, count,
+                                   losses, notes)
+        if remade:
             rebuilt.add(o.name.lower())  # its indexes and triggers went with the old table
         statements += back
     for o in current.tables():
@@ -4965,10 +4969,11 @@ def _renamed_sql(sql: str, name: str) -> str:
 
 def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, target: Schema,
                 count: Callable[[str, Optional[str]], int], losses: List[str],
-                notes: List[str]) -> List[str]:
+                notes: List[str]) -> "tuple[List[str], bool]":
     """The statements that give table `mine` the definition `theirs`: a
     column dropped when that is all the migration did, else a rebuild that
-    keeps the rows and the columns both have (and the renamed ones)."""
+    keeps the rows and the columns both have (and the renamed ones); and
+    whether it is a rebuild (the table's indexes and triggers go with it)."""
     quote = quote_identifier
     now_columns = current.columns.get(mine.table.lower(), [])
     want_columns = target.columns.get(theirs.name.lower(), [])
@@ -5002,12 +5007,12 @@ def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, targe
     if renames and not extra and [c._replace(name=renames.get(c.name, c.name))
                                   for c in now_columns] == want_columns:
         return [f"ALTER TABLE {quote(mine.name)} RENAME COLUMN {quote(old)} TO {quote(new)};"
-                for old, new in renames.items()]
+                for old, new in renames.items()], False
     if extra and not renames and [c for c in now_columns if c.name not in extra] == want_columns:
         # Only columns added: dropped again, the table (and what references
         # it) left in place.
         return [f"ALTER TABLE {quote(mine.name)} DROP COLUMN {quote(column)};"
-                for column in extra]
+                for column in extra], False
     kept = [n for n in names if n in want_names or n in renames]
     temporary = theirs.name + ROLLBACK_TABLE_SUFFIX
     statements = [
@@ -5027,7 +5032,7 @@ def _table_back(mine: SchemaObject, theirs: SchemaObject, current: Schema, targe
     return statements + [
         f"DROP TABLE {quote(mine.name)};",
         f"ALTER TABLE {quote(temporary)} RENAME TO {quote(theirs.name)};",
-    ]
+    ], True
 
 
 def _created_as(sql: str, name: str, new: str) -> str:
